@@ -1,0 +1,171 @@
+//! Types shared by the kernel programs (`mesh-ebpf`) and the daemon (`mesh-node`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and padded explicitly, so the byte layout
+//! seen by the verifier and by user space is the same. Map names are defined once here
+//! and used on both sides. Addresses are stored as the kernel hands them out
+//! (network byte order, IPv4 in word 0); ports are stored in host byte order.
+#![no_std]
+
+/// Enrolled workloads: cgroup id (`u64`) → [`Workload`]. Written by the daemon, read by
+/// `connect4`/`connect6`.
+pub const MAP_ENROLLED: &str = "MESH_ENROLLED";
+/// Original destinations of captured connections by socket cookie (`u64`) → [`OrigDst`].
+/// Written by `connect4`/`connect6`, moved to [`MAP_ORIG_BY_TUPLE`] by `sock_ops`.
+pub const MAP_ORIG_BY_COOKIE: &str = "MESH_ORIG_CK";
+/// Original destinations by the connection's 4-tuple ([`SockKey`]) → [`OrigDst`].
+/// Written by `sock_ops`, read and deleted by the daemon when it accepts.
+pub const MAP_ORIG_BY_TUPLE: &str = "MESH_ORIG_TUP";
+/// One [`Settings`] entry at index 0. Written by the daemon.
+pub const MAP_SETTINGS: &str = "MESH_SETTINGS";
+/// Excluded IPv4 destinations: LPM key of 4 address bytes → `u8` (1).
+pub const MAP_EXCLUDED_V4: &str = "MESH_EXCL_V4";
+/// Excluded IPv6 destinations: LPM key of 16 address bytes → `u8` (1).
+pub const MAP_EXCLUDED_V6: &str = "MESH_EXCL_V6";
+/// Excluded destination ports (host order `u16`) → `u8` (1).
+pub const MAP_EXCLUDED_PORTS: &str = "MESH_EXCL_PORT";
+/// Established captured sockets by [`SockKey`], for in-kernel acceleration (`sk_msg`).
+pub const MAP_SOCKETS: &str = "MESH_SOCKS";
+/// Per-CPU `u64` counters indexed by [`Counter`].
+pub const MAP_COUNTERS: &str = "MESH_COUNTERS";
+
+/// Every map, in the order the daemon pins and reports them.
+pub const ALL_MAPS: [&str; 9] = [
+    MAP_ENROLLED,
+    MAP_ORIG_BY_COOKIE,
+    MAP_ORIG_BY_TUPLE,
+    MAP_SETTINGS,
+    MAP_EXCLUDED_V4,
+    MAP_EXCLUDED_V6,
+    MAP_EXCLUDED_PORTS,
+    MAP_SOCKETS,
+    MAP_COUNTERS,
+];
+
+/// Capacities. Changing one changes the pinned map layout: a daemon refuses to adopt
+/// maps of another size and asks for `mesh-node uninstall`.
+pub const MAX_WORKLOADS: u32 = 16_384;
+pub const MAX_PENDING_CONNECTIONS: u32 = 65_536;
+pub const MAX_EXCLUSIONS: u32 = 1_024;
+pub const MAX_SOCKETS: u32 = 65_536;
+
+/// Program names (the BPF function names) as seen by aya.
+pub const PROG_CONNECT4: &str = "mesh_connect4";
+pub const PROG_CONNECT6: &str = "mesh_connect6";
+pub const PROG_SOCK_OPS: &str = "mesh_sock_ops";
+pub const PROG_SK_MSG: &str = "mesh_sk_msg";
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// An enrolled workload as the kernel knows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// Index of the workload in the daemon's state (stable while the config is).
+    pub id: u32,
+    pub flags: u32,
+}
+
+/// The destination a workload asked for before `connect` was rewritten.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// Network byte order; IPv4 in `addr[0]`, the other words zero.
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    pub _pad: u32,
+    /// cgroup id of the workload that connected: the kernel's word on who the source is.
+    pub cgroup_id: u64,
+}
+
+/// A TCP connection as seen from its client: (client address, server address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// Network byte order; IPv4 in word 0 (IPv4-mapped IPv6 is stored as IPv4).
+    pub client_addr: [u32; 4],
+    pub server_addr: [u32; 4],
+    /// Host byte order.
+    pub client_port: u16,
+    pub server_port: u16,
+    pub family: u16,
+    pub _pad: u16,
+}
+
+/// Node-wide settings, written by the daemon at start and on reload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Capture address (network byte order); valid when [`SETTINGS_HAS_V4`] is set.
+    pub capture_v4: u32,
+    pub capture_v6: [u32; 4],
+    /// Capture port, host byte order.
+    pub capture_port: u16,
+    pub flags: u16,
+}
+
+pub const SETTINGS_HAS_V4: u16 = 1;
+pub const SETTINGS_HAS_V6: u16 = 2;
+
+/// Indexes of [`MAP_COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// IPv4 connects of enrolled workloads redirected to the capture address.
+    CapturedV4 = 0,
+    /// IPv6 connects (including IPv4-mapped) redirected.
+    CapturedV6 = 1,
+    /// Connects of enrolled workloads left alone by an exclusion (loopback, CIDR, port).
+    Excluded = 2,
+    /// Connects refused in the kernel because they could not be captured safely.
+    Refused = 3,
+    /// Captured connections re-keyed by 4-tuple at establishment.
+    Established = 4,
+    /// Captured connections that could not be put into the socket map.
+    SockmapFull = 5,
+    /// Payload bytes sent by captured client sockets, counted by `sk_msg`.
+    SkMsgBytes = 6,
+}
+
+pub const COUNTER_SLOTS: u32 = 8;
+
+impl Counter {
+    pub const ALL: [Counter; 7] = [
+        Counter::CapturedV4,
+        Counter::CapturedV6,
+        Counter::Excluded,
+        Counter::Refused,
+        Counter::Established,
+        Counter::SockmapFull,
+        Counter::SkMsgBytes,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::CapturedV4 => "captured_v4",
+            Counter::CapturedV6 => "captured_v6",
+            Counter::Excluded => "excluded",
+            Counter::Refused => "refused",
+            Counter::Established => "established",
+            Counter::SockmapFull => "sockmap_full",
+            Counter::SkMsgBytes => "sk_msg_bytes",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain `repr(C)` data with explicit padding and no pointers; any bit pattern
+    // is a valid value.
+    unsafe impl aya::Pod for Workload {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for OrigDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Settings {}
+}

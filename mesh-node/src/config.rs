@@ -1,0 +1,470 @@
+//! The standalone configuration file (`mesh-node run --config mesh.yaml`).
+//!
+//! `Config` is the file as written (camelCase YAML, unknown fields rejected); `validate`
+//! turns it into the checked [`crate::state::MeshState`] or an error that names the field.
+//! A file that fails validation is rejected whole.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CAPTURE_PORT: u16 = 15001;
+pub const DEFAULT_HBONE_PORT: u16 = 15008;
+pub const DEFAULT_ADMIN_PORT: u16 = 15000;
+pub const DEFAULT_METRICS_PORT: u16 = 15020;
+pub const DEFAULT_HEALTH_PORT: u16 = 15021;
+pub const DEFAULT_CA_PORT: u16 = 15012;
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mesh";
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The mesh's own ports: connects to them are never captured.
+pub const MESH_PORTS: [u16; 6] = [
+    DEFAULT_CAPTURE_PORT,
+    DEFAULT_HBONE_PORT,
+    DEFAULT_ADMIN_PORT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_HEALTH_PORT,
+    DEFAULT_CA_PORT,
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Name of the node this daemon runs on; must be one of `nodes`.
+    pub node: String,
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    #[serde(default)]
+    pub capture: CaptureConfig,
+    #[serde(default)]
+    pub bpf: BpfConfig,
+    #[serde(default)]
+    pub exclusions: Exclusions,
+    /// How long live connections may finish after SIGTERM, e.g. "10s".
+    #[serde(default, with = "opt_duration")]
+    pub drain_timeout: Option<Duration>,
+    /// Timeout for the daemon's connection to the destination, e.g. "5s".
+    #[serde(default, with = "opt_duration")]
+    pub connect_timeout: Option<Duration>,
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub workloads: Vec<WorkloadConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// IPv4 address that enrolled IPv4 connects are redirected to (an address of this
+    /// node). Without it, IPv4 connects of enrolled workloads are refused.
+    pub ipv4: Option<Ipv4Addr>,
+    /// IPv6 address for IPv6 connects. Without it, IPv6 connects are refused.
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BpfConfig {
+    /// Where programs and maps are pinned (on bpffs). Default /sys/fs/bpf/mesh.
+    pub pin_dir: Option<PathBuf>,
+    /// The cgroup v2 directory the programs attach to (absolute, or relative to the
+    /// cgroup2 mount). Default: the cgroup2 root, i.e. the whole host.
+    pub cgroup: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Exclusions {
+    /// Destination CIDRs that are never captured.
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    /// Destination ports that are never captured.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Addresses other nodes reach this node's daemon on.
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadConfig {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default = "default_service_account")]
+    pub service_account: String,
+    /// The node the workload runs on.
+    pub node: String,
+    pub ips: Vec<IpAddr>,
+    /// cgroup v2 directory of the workload (absolute, or relative to the cgroup2 mount);
+    /// required for, and only allowed on, workloads of this node.
+    pub cgroup: Option<PathBuf>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_trust_domain() -> String {
+    DEFAULT_TRUST_DOMAIN.to_string()
+}
+fn default_namespace() -> String {
+    "default".to_string()
+}
+fn default_service_account() -> String {
+    "default".to_string()
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        super::parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// "250ms", "10s", "2m".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (num, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| text.split_at(i))
+        .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s or m)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {text:?} does not start with a number"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!(
+            "duration {text:?}: unknown unit {unit:?} (use ms, s or m)"
+        )),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses YAML; the message names the unknown or mistyped field and its line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        serde_norway::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn capture_port(&self) -> u16 {
+        self.capture.port.unwrap_or(DEFAULT_CAPTURE_PORT)
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpf
+            .pin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR))
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// Capture listener addresses.
+    pub fn capture_addrs(&self) -> Vec<SocketAddr> {
+        let port = self.capture_port();
+        let v4 = self.capture.ipv4.map(|ip| SocketAddr::new(ip.into(), port));
+        let v6 = self.capture.ipv6.map(|ip| SocketAddr::new(ip.into(), port));
+        v4.into_iter().chain(v6).collect()
+    }
+
+    /// Checks everything that can be checked without touching the kernel, except the
+    /// file system facts (cgroups) which `state::MeshState::build` checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_name("node", &self.node)?;
+        check_trust_domain(&self.trust_domain)?;
+        if self.capture.ipv4.is_none() && self.capture.ipv6.is_none() {
+            return Err(invalid(
+                "capture",
+                "set capture.ipv4 and/or capture.ipv6 (an address of this node)",
+            ));
+        }
+        if self.capture.port == Some(0) {
+            return Err(invalid("capture.port", "must be between 1 and 65535"));
+        }
+        for (i, cidr) in self.exclusions.cidrs.iter().enumerate() {
+            cidr.parse::<IpNet>().map_err(|e| {
+                invalid(
+                    format!("exclusions.cidrs[{i}]"),
+                    format!("{cidr:?} is not a CIDR: {e}"),
+                )
+            })?;
+        }
+        for (i, port) in self.exclusions.ports.iter().enumerate() {
+            if *port == 0 {
+                return Err(invalid(format!("exclusions.ports[{i}]"), "port 0 is not a port"));
+            }
+        }
+        let mut node_names = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            check_name(&format!("nodes[{i}].name"), &node.name)?;
+            if let Some(j) = node_names.insert(node.name.as_str(), i) {
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    format!("node {:?} is already defined at nodes[{j}]", node.name),
+                ));
+            }
+            if node.addresses.is_empty() {
+                return Err(invalid(
+                    format!("nodes[{i}].addresses"),
+                    "a node needs at least one address",
+                ));
+            }
+        }
+        if !node_names.contains_key(self.node.as_str()) {
+            return Err(invalid("node", format!("{:?} is not one of `nodes`", self.node)));
+        }
+        let mut ips: HashMap<IpAddr, String> = HashMap::new();
+        let mut names: HashMap<(String, String), usize> = HashMap::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            let at = format!("workloads[{i}]");
+            check_name(&format!("{at}.name"), &w.name)?;
+            check_name(&format!("{at}.namespace"), &w.namespace)?;
+            check_name(&format!("{at}.serviceAccount"), &w.service_account)?;
+            if let Some(j) = names.insert((w.namespace.clone(), w.name.clone()), i) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!(
+                        "workload {}/{} is already defined at workloads[{j}]",
+                        w.namespace, w.name
+                    ),
+                ));
+            }
+            if !node_names.contains_key(w.node.as_str()) {
+                return Err(invalid(
+                    format!("{at}.node"),
+                    format!("{:?} is not one of `nodes`", w.node),
+                ));
+            }
+            if w.ips.is_empty() {
+                return Err(invalid(format!("{at}.ips"), "a workload needs at least one IP"));
+            }
+            for (k, ip) in w.ips.iter().enumerate() {
+                if let Some(other) = ips.insert(*ip, at.clone()) {
+                    return Err(invalid(
+                        format!("{at}.ips[{k}]"),
+                        format!("duplicate IP {ip}: also used by {other}"),
+                    ));
+                }
+            }
+            let local = w.node == self.node;
+            match (&w.cgroup, local) {
+                (None, true) => {
+                    return Err(invalid(
+                        format!("{at}.cgroup"),
+                        "required for a workload on this node (its cgroup v2 directory)",
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(invalid(
+                        format!("{at}.cgroup"),
+                        format!(
+                            "only workloads on this node ({}) have a cgroup here; this one is on {}",
+                            self.node, w.node
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A DNS label (RFC 1123), as Kubernetes names are.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{name:?} is not a valid name (lowercase letters, digits and '-', at most 63)"),
+        ))
+    }
+}
+
+fn check_trust_domain(td: &str) -> Result<(), ConfigError> {
+    let ok = !td.is_empty()
+        && td.len() <= 255
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "trustDomain",
+            format!("{td:?} is not a valid SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node: n1
+capture: { ipv4: 10.0.0.1 }
+nodes:
+  - { name: n1, addresses: [10.0.0.1] }
+  - { name: n2, addresses: [10.0.0.2] }
+workloads:
+  - { name: a, node: n1, ips: [10.1.0.2], cgroup: /x }
+  - { name: b, node: n2, ips: [10.2.0.2] }
+"#;
+
+    fn err(yaml: &str) -> String {
+        match Config::parse(yaml) {
+            Err(e) => e,
+            Ok(c) => c.validate().expect_err("config should be invalid").to_string(),
+        }
+    }
+
+    #[test]
+    fn good_config_validates() {
+        Config::parse(GOOD).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = err(&GOOD.replace("capture:", "captrue:"));
+        assert!(e.contains("captrue"), "{e}");
+        let e = err(&GOOD.replace("ips: [10.2.0.2]", "ips: [10.2.0.2], colour: red"));
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_ip_names_both_workloads() {
+        let e = err(&GOOD.replace("10.2.0.2", "10.1.0.2"));
+        assert!(
+            e.contains("workloads[1].ips[0]") && e.contains("workloads[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn local_workload_needs_cgroup_and_remote_must_not_have_one() {
+        let e = err(&GOOD.replace(", cgroup: /x", ""));
+        assert!(e.contains("workloads[0].cgroup"), "{e}");
+        let e = err(&GOOD.replace("ips: [10.2.0.2]", "ips: [10.2.0.2], cgroup: /y"));
+        assert!(e.contains("workloads[1].cgroup"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (from, to, field) in [
+            ("node: n1", "node: n9", "`node`"),
+            ("name: b,", "name: B,", "workloads[1].name"),
+            ("node: n2, ips", "node: n7, ips", "workloads[1].node"),
+            ("capture: { ipv4: 10.0.0.1 }", "capture: {}", "`capture`"),
+            (
+                "capture: { ipv4: 10.0.0.1 }",
+                "capture: { ipv4: 10.0.0.1, port: 0 }",
+                "capture.port",
+            ),
+            ("node: n1\n", "node: n1\ntrustDomain: Foo.org\n", "trustDomain"),
+            (
+                "node: n1\n",
+                "node: n1\nexclusions: { cidrs: [10.0.0.0/33] }\n",
+                "exclusions.cidrs[0]",
+            ),
+            (
+                "{ name: n2, addresses: [10.0.0.2] }",
+                "{ name: n1, addresses: [10.0.0.2] }",
+                "nodes[1].name",
+            ),
+        ] {
+            let yaml = GOOD.replacen(from, to, 1);
+            assert_ne!(yaml, GOOD, "replacement {from:?} did not apply");
+            let e = err(&yaml);
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn mistyped_ip_is_reported() {
+        let e = err(&GOOD.replace("10.2.0.2", "10.2.0.300"));
+        assert!(e.contains("workloads") || e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+}

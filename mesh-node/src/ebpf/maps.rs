@@ -1,0 +1,300 @@
+//! Typed handles on the pinned maps, shared by the running daemon and the
+//! `mesh-node datapath` / `uninstall` commands (which open them from their pins).
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+};
+
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap, Map, MapData, MapError, PerCpuArray,
+};
+use ipnet::IpNet;
+use mesh_common::{
+    Counter, OrigDst, Settings, SockKey, Workload, AF_INET, AF_INET6, MAP_COUNTERS, MAP_ENROLLED,
+    MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4, MAP_EXCLUDED_V6, MAP_ORIG_BY_TUPLE, MAP_SETTINGS, SETTINGS_HAS_V4,
+    SETTINGS_HAS_V6,
+};
+
+use super::DatapathError;
+use crate::state::{CgroupId, MeshState};
+
+pub struct Maps {
+    enrolled: HashMap<MapData, u64, Workload>,
+    orig_by_tuple: HashMap<MapData, SockKey, OrigDst>,
+    settings: Array<MapData, Settings>,
+    excluded_v4: LpmTrie<MapData, [u8; 4], u8>,
+    excluded_v6: LpmTrie<MapData, [u8; 16], u8>,
+    excluded_ports: HashMap<MapData, u16, u8>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+/// Takes a map out of a freshly loaded object, or opens its pin.
+pub trait MapSource {
+    fn take(&mut self, name: &'static str) -> Result<Map, DatapathError>;
+}
+
+impl MapSource for aya::Ebpf {
+    fn take(&mut self, name: &'static str) -> Result<Map, DatapathError> {
+        self.take_map(name).ok_or(DatapathError::MissingMap(name))
+    }
+}
+
+/// Opens maps from `<pin dir>/maps/<NAME>`.
+pub struct Pinned<'a>(pub &'a Path);
+
+impl MapSource for Pinned<'_> {
+    fn take(&mut self, name: &'static str) -> Result<Map, DatapathError> {
+        let path = self.0.join("maps").join(name);
+        if !path.exists() {
+            return Err(DatapathError::NotInstalled { path });
+        }
+        let data = MapData::from_pin(&path).map_err(map_err(name))?;
+        Map::from_map_data(data).map_err(map_err(name))
+    }
+}
+
+impl Maps {
+    pub fn open(src: &mut impl MapSource) -> Result<Maps, DatapathError> {
+        Ok(Maps {
+            enrolled: src
+                .take(MAP_ENROLLED)?
+                .try_into()
+                .map_err(map_err(MAP_ENROLLED))?,
+            orig_by_tuple: src
+                .take(MAP_ORIG_BY_TUPLE)?
+                .try_into()
+                .map_err(map_err(MAP_ORIG_BY_TUPLE))?,
+            settings: src
+                .take(MAP_SETTINGS)?
+                .try_into()
+                .map_err(map_err(MAP_SETTINGS))?,
+            excluded_v4: src
+                .take(MAP_EXCLUDED_V4)?
+                .try_into()
+                .map_err(map_err(MAP_EXCLUDED_V4))?,
+            excluded_v6: src
+                .take(MAP_EXCLUDED_V6)?
+                .try_into()
+                .map_err(map_err(MAP_EXCLUDED_V6))?,
+            excluded_ports: src
+                .take(MAP_EXCLUDED_PORTS)?
+                .try_into()
+                .map_err(map_err(MAP_EXCLUDED_PORTS))?,
+            counters: src
+                .take(MAP_COUNTERS)?
+                .try_into()
+                .map_err(map_err(MAP_COUNTERS))?,
+        })
+    }
+
+    /// Makes the kernel's view match `state`: settings, exclusions, then enrollment
+    /// (last, so that a workload is never enrolled before its capture address is known).
+    pub fn sync(&mut self, state: &MeshState) -> Result<(), DatapathError> {
+        let mut settings = Settings::default();
+        for addr in &state.capture {
+            settings.capture_port = addr.port();
+            match addr.ip() {
+                IpAddr::V4(ip) => {
+                    settings.capture_v4 = u32::from_ne_bytes(ip.octets());
+                    settings.flags |= SETTINGS_HAS_V4;
+                }
+                IpAddr::V6(ip) => {
+                    settings.capture_v6 = words(ip);
+                    settings.flags |= SETTINGS_HAS_V6;
+                }
+            }
+        }
+        self.settings.set(0, settings, 0).map_err(map_err(MAP_SETTINGS))?;
+
+        sync_set(
+            &mut self.excluded_ports,
+            state.excluded_ports.iter().copied().collect(),
+            MAP_EXCLUDED_PORTS,
+        )?;
+        let (mut v4, mut v6) = (HashSet::new(), HashSet::new());
+        for net in &state.excluded_cidrs {
+            match net.trunc() {
+                IpNet::V4(n) => v4.insert((u32::from(n.prefix_len()), n.network().octets())),
+                IpNet::V6(n) => v6.insert((u32::from(n.prefix_len()), n.network().octets())),
+            };
+        }
+        sync_lpm(&mut self.excluded_v4, v4, MAP_EXCLUDED_V4)?;
+        sync_lpm(&mut self.excluded_v6, v6, MAP_EXCLUDED_V6)?;
+
+        let wanted: BTreeMap<u64, Workload> = state
+            .local_cgroups()
+            .map(|(CgroupId(cg), id)| (cg, Workload { id: id.0, flags: 0 }))
+            .collect();
+        let stale: Vec<u64> = self
+            .enrolled
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains_key(k))
+            .collect();
+        for (cg, w) in &wanted {
+            self.enrolled.insert(cg, w, 0).map_err(map_err(MAP_ENROLLED))?;
+        }
+        for cg in stale {
+            self.enrolled.remove(&cg).map_err(map_err(MAP_ENROLLED))?;
+        }
+        Ok(())
+    }
+
+    /// Takes (looks up and deletes) the original destination of an accepted connection.
+    pub fn take_orig_dst(
+        &mut self,
+        client: SocketAddr,
+        server: SocketAddr,
+    ) -> Option<(SocketAddr, CgroupId)> {
+        let key = sock_key(client, server);
+        let orig = self.orig_by_tuple.get(&key, 0).ok()?;
+        let _ = self.orig_by_tuple.remove(&key);
+        let ip = match orig.family {
+            AF_INET => IpAddr::V4(Ipv4Addr::from(orig.addr[0].to_ne_bytes())),
+            AF_INET6 => IpAddr::V6(from_words(orig.addr)),
+            _ => return None,
+        };
+        Some((SocketAddr::new(ip, orig.port), CgroupId(orig.cgroup_id)))
+    }
+
+    /// Sums of the per-CPU counters.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, DatapathError> {
+        Counter::ALL
+            .iter()
+            .map(|c| {
+                let values = self
+                    .counters
+                    .get(&(*c as u32), 0)
+                    .map_err(map_err(MAP_COUNTERS))?;
+                Ok((c.name(), values.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn enrolled(&self) -> Vec<(u64, u32)> {
+        self.enrolled
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, v.id))
+            .collect()
+    }
+
+    pub fn pending_orig_dsts(&self) -> usize {
+        self.orig_by_tuple.keys().count()
+    }
+}
+
+fn sync_set(
+    map: &mut HashMap<MapData, u16, u8>,
+    wanted: HashSet<u16>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let stale: Vec<u16> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(k))
+        .collect();
+    for k in &wanted {
+        map.insert(k, 1, 0).map_err(map_err(name))?;
+    }
+    for k in stale {
+        map.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn sync_lpm<const N: usize>(
+    map: &mut LpmTrie<MapData, [u8; N], u8>,
+    wanted: HashSet<(u32, [u8; N])>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let stale: Vec<Key<[u8; N]>> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    for (len, data) in wanted {
+        map.insert(&Key::new(len, data), 1, 0).map_err(map_err(name))?;
+    }
+    for k in stale {
+        map.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn words(ip: Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+
+fn from_words(w: [u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+/// The key `sock_ops` stored for a connection, from the accepting side's view.
+pub fn sock_key(client: SocketAddr, server: SocketAddr) -> SockKey {
+    let canon = |a: SocketAddr| match a.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    let (c, s) = (canon(client), canon(server));
+    let (family, client_addr, server_addr) = match (c, s) {
+        (IpAddr::V4(c), IpAddr::V4(s)) => (
+            AF_INET,
+            [u32::from_ne_bytes(c.octets()), 0, 0, 0],
+            [u32::from_ne_bytes(s.octets()), 0, 0, 0],
+        ),
+        (c, s) => (AF_INET6, words(to_v6(c)), words(to_v6(s))),
+    };
+    SockKey {
+        client_addr,
+        server_addr,
+        client_port: client.port(),
+        server_port: server.port(),
+        family,
+        _pad: 0,
+    }
+}
+
+fn to_v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_words_round_trip() {
+        let ip: Ipv6Addr = "fd00:201:1::2".parse().unwrap();
+        assert_eq!(from_words(words(ip)), ip);
+    }
+
+    #[test]
+    fn v4_mapped_peers_key_as_ipv4() {
+        let a = sock_key(
+            "[::ffff:10.0.0.2]:4000".parse().unwrap(),
+            "[::ffff:10.0.0.1]:15001".parse().unwrap(),
+        );
+        let b = sock_key(
+            "10.0.0.2:4000".parse().unwrap(),
+            "10.0.0.1:15001".parse().unwrap(),
+        );
+        assert_eq!(a, b);
+        assert_eq!(b.family, AF_INET);
+        assert_eq!(b.client_addr[0].to_ne_bytes(), [10, 0, 0, 2]);
+    }
+}

@@ -1,0 +1,141 @@
+//! The `mesh-node` command: the daemon and its operator tools.
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use mesh_node::{app, config::Config, ebpf};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "mesh-node",
+    version,
+    about = "Per-node daemon of the sidecarless eBPF service mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon with a standalone YAML config.
+    Run {
+        #[arg(long, env = "MESH_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file (syntax, fields, and this host's cgroups) and exit.
+    Check {
+        #[arg(long, env = "MESH_CONFIG")]
+        config: PathBuf,
+    },
+    /// Detach the programs and remove every pin (the only way mesh-node removes them).
+    Uninstall {
+        /// Take the pin directory from this config file.
+        #[arg(long, env = "MESH_CONFIG", conflicts_with = "pin_dir")]
+        config: Option<PathBuf>,
+        /// The pin directory (default /sys/fs/bpf/mesh).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+    /// Print the kernel side: enrolled cgroups and counters, read from the pinned maps.
+    Datapath {
+        #[arg(long, default_value = mesh_node::config::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Output format.
+        #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            if e.downcast_ref::<mesh_node::config::ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(app::run(&config)),
+        Command::Check { config } => {
+            let (_, state) = app::load_state(&config)?;
+            println!(
+                "config {} is valid: node {}, {} workloads ({} on this node)",
+                config.display(),
+                state.node,
+                state.workloads.len(),
+                state.local_cgroups().count()
+            );
+            Ok(())
+        }
+        Command::Uninstall { config, pin_dir } => {
+            let pin_dir = match (config, pin_dir) {
+                (Some(c), _) => Config::load(&c)?.pin_dir(),
+                (None, Some(p)) => p,
+                (None, None) => PathBuf::from(mesh_node::config::DEFAULT_PIN_DIR),
+            };
+            let removed = ebpf::uninstall(&pin_dir)?;
+            println!(
+                "removed {} pins under {} (programs detached)",
+                removed.len(),
+                pin_dir.display()
+            );
+            Ok(())
+        }
+        Command::Datapath { pin_dir, output } => {
+            let maps = ebpf::Maps::open(&mut ebpf::maps::Pinned(&pin_dir))?;
+            let counters = maps.counters()?;
+            let enrolled = maps.enrolled();
+            if output == "json" {
+                let json = serde_json::json!({
+                    "counters": counters,
+                    "enrolled": enrolled.iter().map(|(cg, id)| serde_json::json!({"cgroupId": cg, "workload": id})).collect::<Vec<_>>(),
+                    "pendingOrigDsts": maps.pending_orig_dsts(),
+                });
+                println!("{json}");
+            } else {
+                println!("enrolled cgroups: {}", enrolled.len());
+                for (cg, id) in &enrolled {
+                    println!("  cgroup {cg} -> workload #{id}");
+                }
+                println!("counters:");
+                for (name, value) in &counters {
+                    println!("  {name:<14} {value}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The error and its causes on one line, without the repetitions that nested library
+/// errors produce.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}

@@ -1,0 +1,67 @@
+//! The daemon's listeners. `outbound` accepts the connections that the kernel
+//! redirected and carries them to their destination through `forward`.
+pub mod forward;
+pub mod outbound;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use crate::{ebpf::Maps, state::MeshState};
+
+/// What every listener reads: the state store and the datapath's maps.
+pub struct ProxyInputs {
+    pub state: watch::Receiver<Arc<MeshState>>,
+    pub maps: Arc<Mutex<Maps>>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("no original destination recorded for {client}: not a captured connection, closing it")]
+    NoOrigDst { client: SocketAddr },
+    #[error("connection from cgroup {cgroup} which is not an enrolled workload of this node, refusing it")]
+    UnknownSource { cgroup: u64 },
+    #[error("connecting to {dst} failed: {source}")]
+    Connect { dst: SocketAddr, source: std::io::Error },
+    #[error("connecting to {dst} timed out after {timeout:?}")]
+    ConnectTimeout { dst: SocketAddr, timeout: Duration },
+    #[error("copying bytes: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A listening socket with SO_REUSEADDR (and IPV6_V6ONLY for IPv6), so that a port
+/// conflict fails at start-up with a clear error.
+pub fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ProxyError> {
+    let fail = |source: std::io::Error| {
+        let hint = if source.kind() == std::io::ErrorKind::AddrInUse {
+            " (is another mesh-node or another program using this port on this node?)"
+        } else if source.kind() == std::io::ErrorKind::AddrNotAvailable {
+            " (is this address configured on this node?)"
+        } else {
+            ""
+        };
+        ProxyError::Bind { addr, source, hint }
+    };
+    let domain = socket2::Domain::for_address(addr);
+    let socket =
+        socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).map_err(fail)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(fail)?;
+    }
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(1024).map_err(fail)?;
+    tokio::net::TcpListener::from_std(socket.into()).map_err(fail)
+}

@@ -1,0 +1,140 @@
+//! The capture listener (port 15001): accepts connections that `connect4`/`connect6`
+//! redirected, recovers each one's original destination from the kernel, and carries it
+//! there.
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info_span, warn, Instrument as _};
+
+use super::{bind, forward, ProxyError, ProxyInputs};
+use crate::state::{CgroupId, Route};
+
+pub struct Outbound {
+    listeners: Vec<TcpListener>,
+    inputs: Arc<ProxyInputs>,
+}
+
+static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
+
+impl Outbound {
+    /// Binds every capture address now, so that a port conflict fails at start-up.
+    pub fn new(addrs: &[SocketAddr], inputs: Arc<ProxyInputs>) -> Result<Outbound, ProxyError> {
+        let listeners = addrs.iter().map(|a| bind(*a)).collect::<Result<_, _>>()?;
+        Ok(Outbound { listeners, inputs })
+    }
+
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Accepts until `stop` is cancelled; connection tasks are spawned on `tasks` so the
+    /// caller can drain them.
+    pub async fn run(self, stop: CancellationToken, tasks: TaskTracker) {
+        let mut accepting = Vec::new();
+        for listener in self.listeners {
+            let (inputs, stop, tasks) = (self.inputs.clone(), stop.clone(), tasks.clone());
+            accepting.push(tokio::spawn(accept_loop(listener, inputs, stop, tasks)));
+        }
+        for a in accepting {
+            let _ = a.await;
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    inputs: Arc<ProxyInputs>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let local = listener.local_addr().ok();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, client) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: keep serving the connections we have.
+                warn!(error = %e, "accept failed on capture listener");
+                continue;
+            }
+        };
+        let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
+        let inputs = inputs.clone();
+        tasks.spawn(
+            async move {
+                if let Err(e) = handle(&inputs, stream, client).await {
+                    warn!(error = %e, "connection failed");
+                }
+            }
+            .instrument(info_span!("outbound", id, %client)),
+        );
+    }
+    debug!(?local, "capture listener closed");
+}
+
+async fn handle(
+    inputs: &ProxyInputs,
+    mut downstream: TcpStream,
+    client: SocketAddr,
+) -> Result<(), ProxyError> {
+    let local = downstream.local_addr()?;
+    let orig = inputs
+        .maps
+        .lock()
+        .expect("maps lock poisoned")
+        .take_orig_dst(client, local);
+    let Some((dst, CgroupId(cgroup))) = orig else {
+        reset(&downstream);
+        return Err(ProxyError::NoOrigDst { client });
+    };
+    let state = inputs.state.borrow().clone();
+    let Some((_, src)) = state.workload_by_cgroup(CgroupId(cgroup)) else {
+        reset(&downstream);
+        return Err(ProxyError::UnknownSource { cgroup });
+    };
+    let route = state.route(dst.ip());
+    let route_name = match route {
+        Route::Local(_) => "local",
+        Route::Remote { .. } => "remote",
+        Route::Passthrough => "passthrough",
+    };
+    debug!(src = %format_args!("{}/{}", src.namespace, src.name), %dst, route = route_name, "captured");
+    downstream.set_nodelay(true)?;
+    let mut upstream = match forward::connect(route, dst, inputs.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            reset(&downstream);
+            return Err(e);
+        }
+    };
+    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        Ok((sent, received)) => {
+            debug!(%dst, sent, received, "closed");
+            Ok(())
+        }
+        Err(e) => {
+            // Propagate an abort as an abort: the other side sees a reset, not an EOF.
+            reset(&downstream);
+            reset(&upstream);
+            Err(e.into())
+        }
+    }
+}
+
+/// Makes the next close send RST instead of FIN.
+fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
