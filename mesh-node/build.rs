@@ -16,6 +16,9 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("mesh-ebpf manifest has no parent"))?;
+    // The nested cargo's progress lines would each become a `cargo:warning`; keep only
+    // its diagnostics.
+    std::env::set_var("CARGO_TERM_QUIET", "true");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf.name.as_str(),

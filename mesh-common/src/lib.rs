@@ -109,6 +109,10 @@ pub struct Settings {
 
 pub const SETTINGS_HAS_V4: u16 = 1;
 pub const SETTINGS_HAS_V6: u16 = 2;
+/// Put established captured sockets into [`MAP_SOCKETS`]. Off by default: on the kernels
+/// tested, a socket in a sockmap can see a blocking `recv` with `SO_RCVTIMEO` return
+/// EAGAIN early (tcp_bpf_recvmsg), which breaks ordinary applications.
+pub const SETTINGS_SOCKET_MAP: u16 = 4;
 
 /// Indexes of [`MAP_COUNTERS`].
 #[repr(u32)]

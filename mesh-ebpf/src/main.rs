@@ -26,6 +26,7 @@ use aya_ebpf::{
 use mesh_common::{
     Counter, OrigDst, Settings, SockKey, Workload, AF_INET, AF_INET6, COUNTER_SLOTS, MAX_EXCLUSIONS,
     MAX_PENDING_CONNECTIONS, MAX_SOCKETS, MAX_WORKLOADS, SETTINGS_HAS_V4, SETTINGS_HAS_V6,
+    SETTINGS_SOCKET_MAP,
 };
 
 /// cgroup id → enrolled workload. Written by the daemon.
@@ -312,6 +313,9 @@ fn try_sock_ops(ctx: &SockOpsContext) {
     let _ = ORIG_BY_TUPLE.insert(&key, &orig, 0);
     let _ = ORIG_BY_COOKIE.remove(&cookie);
     count(Counter::Established, 1);
+    if settings().is_none_or(|s| s.flags & SETTINGS_SOCKET_MAP == 0) {
+        return;
+    }
     // SAFETY: ctx.ops points at the live bpf_sock_ops of this callback.
     if SOCKETS
         .update(&mut key, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST))

@@ -26,29 +26,28 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let state = Arc::new(state);
 
     // Bind before touching the kernel: a port conflict must not half-install anything.
-    let datapath_state = state.clone();
-    let (state_tx, state_rx) = watch::channel(state);
-    let datapath = Datapath::install(&config.pin_dir(), &datapath_state.attach_cgroup)?;
+    let outbound = Outbound::new(&state.capture)?;
+    let datapath = Datapath::install(&config.pin_dir(), &state.attach_cgroup, state.socket_map)?;
     datapath
         .maps
         .lock()
         .expect("maps lock poisoned")
-        .sync(&datapath_state)
+        .sync(&state)
         .context("writing the state into the BPF maps")?;
+    let (state_tx, state_rx) = watch::channel(state.clone());
     let inputs = Arc::new(ProxyInputs {
         state: state_rx,
         maps: datapath.maps.clone(),
         connect_timeout: config.connect_timeout(),
     });
-    let outbound = Outbound::new(&datapath_state.capture, inputs)?;
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let listeners = tokio::spawn(outbound.run(stop.clone(), tasks.clone()));
+    let listeners = tokio::spawn(outbound.run(inputs, stop.clone(), tasks.clone()));
     info!(
-        node = %datapath_state.node,
-        workloads = datapath_state.workloads.len(),
-        local = datapath_state.local_cgroups().count(),
+        node = %state.node,
+        workloads = state.workloads.len(),
+        local = state.local_cgroups().count(),
         "mesh-node ready"
     );
 

@@ -78,6 +78,12 @@ pub struct BpfConfig {
     /// The cgroup v2 directory the programs attach to (absolute, or relative to the
     /// cgroup2 mount). Default: the cgroup2 root, i.e. the whole host.
     pub cgroup: Option<PathBuf>,
+    /// Put captured sockets into the kernel socket map (`MESH_SOCKS`) and count their
+    /// bytes with `sk_msg`: the groundwork of in-kernel acceleration. Default off: on the
+    /// kernels tested, sockmap membership makes a blocking `recv` with a receive timeout
+    /// return EAGAIN early, which breaks ordinary applications.
+    #[serde(default)]
+    pub socket_map: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use mesh_common::{
     Counter, OrigDst, Settings, SockKey, Workload, AF_INET, AF_INET6, MAP_COUNTERS, MAP_ENROLLED,
     MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4, MAP_EXCLUDED_V6, MAP_ORIG_BY_TUPLE, MAP_SETTINGS, SETTINGS_HAS_V4,
-    SETTINGS_HAS_V6,
+    SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP,
 };
 
 use super::DatapathError;
@@ -109,6 +109,9 @@ impl Maps {
                     settings.flags |= SETTINGS_HAS_V6;
                 }
             }
+        }
+        if state.socket_map {
+            settings.flags |= SETTINGS_SOCKET_MAP;
         }
         self.settings.set(0, settings, 0).map_err(map_err(MAP_SETTINGS))?;
 

@@ -115,7 +115,11 @@ fn check_capabilities() -> Result<(), DatapathError> {
         (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
     ]
     .into_iter()
-    .filter(|(c, _)| !has(*c) && !(*c == CAP_BPF && has(CAP_SYS_ADMIN)))
+    .filter(|(c, _)| {
+        // Before CAP_BPF existed, CAP_SYS_ADMIN covered it.
+        let covered = has(*c) || (*c == CAP_BPF && has(CAP_SYS_ADMIN));
+        !covered
+    })
     .map(|(_, n)| n)
     .collect();
     if missing.is_empty() {
@@ -131,7 +135,7 @@ fn check_capabilities() -> Result<(), DatapathError> {
 impl Datapath {
     /// Loads the programs (adopting pinned maps), attaches them to `cgroup` as a new
     /// generation of pinned links, then removes the previous generation.
-    pub fn install(pin_dir: &Path, cgroup: &Path) -> Result<Datapath, DatapathError> {
+    pub fn install(pin_dir: &Path, cgroup: &Path, socket_map: bool) -> Result<Datapath, DatapathError> {
         check_capabilities()?;
         bpffs::ensure(pin_dir).map_err(DatapathError::Bpffs)?;
         let maps_dir = pin_dir.join("maps");
@@ -162,7 +166,9 @@ impl Datapath {
                 source,
             })?;
         }
-        attach_sk_msg(&mut ebpf)?;
+        if socket_map {
+            attach_sk_msg(&mut ebpf)?;
+        }
         for (path, _) in old {
             // Removing the pin detaches the previous generation.
             std::fs::remove_file(&path).map_err(io_err("unpinning old link", &path))?;

@@ -18,16 +18,15 @@ use crate::state::{CgroupId, Route};
 
 pub struct Outbound {
     listeners: Vec<TcpListener>,
-    inputs: Arc<ProxyInputs>,
 }
 
 static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
 
 impl Outbound {
     /// Binds every capture address now, so that a port conflict fails at start-up.
-    pub fn new(addrs: &[SocketAddr], inputs: Arc<ProxyInputs>) -> Result<Outbound, ProxyError> {
+    pub fn new(addrs: &[SocketAddr]) -> Result<Outbound, ProxyError> {
         let listeners = addrs.iter().map(|a| bind(*a)).collect::<Result<_, _>>()?;
-        Ok(Outbound { listeners, inputs })
+        Ok(Outbound { listeners })
     }
 
     pub fn addresses(&self) -> Vec<SocketAddr> {
@@ -39,10 +38,10 @@ impl Outbound {
 
     /// Accepts until `stop` is cancelled; connection tasks are spawned on `tasks` so the
     /// caller can drain them.
-    pub async fn run(self, stop: CancellationToken, tasks: TaskTracker) {
+    pub async fn run(self, inputs: Arc<ProxyInputs>, stop: CancellationToken, tasks: TaskTracker) {
         let mut accepting = Vec::new();
         for listener in self.listeners {
-            let (inputs, stop, tasks) = (self.inputs.clone(), stop.clone(), tasks.clone());
+            let (inputs, stop, tasks) = (inputs.clone(), stop.clone(), tasks.clone());
             accepting.push(tokio::spawn(accept_loop(listener, inputs, stop, tasks)));
         }
         for a in accepting {

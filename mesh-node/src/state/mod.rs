@@ -68,6 +68,8 @@ pub struct MeshState {
     pub excluded_cidrs: Vec<IpNet>,
     /// Excluded destination ports, including the mesh's own.
     pub excluded_ports: Vec<u16>,
+    /// Captured sockets go into the kernel socket map (and `sk_msg` counts their bytes).
+    pub socket_map: bool,
     #[serde(skip)]
     by_ip: HashMap<IpAddr, WorkloadId>,
     #[serde(skip)]
@@ -163,6 +165,7 @@ impl MeshState {
                 .map(|c| c.parse().expect("validated"))
                 .collect(),
             excluded_ports,
+            socket_map: config.bpf.socket_map,
             by_ip,
             by_cgroup,
         })

@@ -1,0 +1,123 @@
+//! Mesh configurations for lab nodes, written with mesh-node's own config types so the
+//! tests and the daemon can never disagree about the file format.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use mesh_node::config::{BpfConfig, CaptureConfig, Config, Exclusions, NodeConfig, WorkloadConfig};
+
+use crate::{Daemon, Lab, Node, Pod};
+
+/// A pod taking part in the mesh, with its identity.
+#[derive(Clone, Debug)]
+pub struct MeshWorkload {
+    pub pod: Pod,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl MeshWorkload {
+    /// Namespace `default`, service account named after the pod.
+    pub fn new(pod: &Pod) -> MeshWorkload {
+        MeshWorkload {
+            pod: pod.clone(),
+            namespace: "default".into(),
+            service_account: pod.name.clone(),
+            labels: BTreeMap::from([("app".to_string(), pod.name.clone())]),
+        }
+    }
+
+    pub fn namespace(mut self, ns: &str) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+
+    pub fn service_account(mut self, sa: &str) -> Self {
+        self.service_account = sa.into();
+        self
+    }
+}
+
+/// The mesh of a lab: its nodes and workloads, and how each node's config is written.
+#[derive(Clone, Debug)]
+pub struct MeshSpec {
+    pub nodes: Vec<Node>,
+    pub workloads: Vec<MeshWorkload>,
+    pub exclusions: Exclusions,
+}
+
+impl MeshSpec {
+    pub fn new(nodes: &[&Node], pods: &[&Pod]) -> MeshSpec {
+        MeshSpec {
+            nodes: nodes.iter().map(|n| (*n).clone()).collect(),
+            workloads: pods.iter().map(|p| MeshWorkload::new(p)).collect(),
+            exclusions: Exclusions::default(),
+        }
+    }
+
+    /// The config of `node`'s daemon: capture on the node's addresses, programs attached
+    /// to the node's cgroup, pins in a lab-private directory.
+    pub fn config(&self, lab: &Lab, node: &Node) -> Config {
+        Config {
+            node: node.name.clone(),
+            trust_domain: mesh_node::config::DEFAULT_TRUST_DOMAIN.into(),
+            capture: CaptureConfig {
+                ipv4: Some(node.ipv4()),
+                ipv6: Some(node.ipv6()),
+                port: None,
+            },
+            bpf: BpfConfig {
+                pin_dir: Some(lab.bpf_pin_dir(node)),
+                cgroup: Some(node.cgroup_path().to_path_buf()),
+                socket_map: false,
+            },
+            exclusions: self.exclusions.clone(),
+            drain_timeout: None,
+            connect_timeout: None,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeConfig {
+                    name: n.name.clone(),
+                    addresses: vec![n.ipv4().into(), n.ipv6().into()],
+                })
+                .collect(),
+            workloads: self
+                .workloads
+                .iter()
+                .map(|w| {
+                    let node_name = &self
+                        .nodes
+                        .iter()
+                        .find(|n| n.index == w.pod.node_index)
+                        .expect("pod's node is in the mesh")
+                        .name;
+                    WorkloadConfig {
+                        name: w.pod.name.clone(),
+                        namespace: w.namespace.clone(),
+                        service_account: w.service_account.clone(),
+                        node: node_name.clone(),
+                        ips: vec![IpAddr::from(w.pod.ipv4()), IpAddr::from(w.pod.ipv6())],
+                        cgroup: (w.pod.node_index == node.index).then(|| w.pod.cgroup_path().to_path_buf()),
+                        labels: w.labels.clone(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    pub fn yaml(&self, lab: &Lab, node: &Node) -> String {
+        to_yaml(&self.config(lab, node))
+    }
+
+    /// Starts a daemon on every node and waits until each is ready.
+    pub fn start(&self, lab: &Lab) -> Vec<Daemon> {
+        self.nodes
+            .iter()
+            .map(|n| lab.start_daemon(n, &self.yaml(lab, n)))
+            .collect()
+    }
+}
+
+pub fn to_yaml(config: &Config) -> String {
+    serde_norway::to_string(config).expect("config serializes")
+}
