@@ -6,5 +6,6 @@
 pub mod app;
 pub mod config;
 pub mod ebpf;
+pub mod identity;
 pub mod proxy;
 pub mod state;

@@ -28,6 +28,7 @@ mod bins;
 mod cgroup;
 mod cmd;
 mod daemon;
+pub mod demo;
 mod lab;
 pub mod mesh;
 mod netns;

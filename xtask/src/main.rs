@@ -2,7 +2,8 @@
 //!
 //! The ordinary build is plain cargo (mesh-node's build.rs builds the kernel programs);
 //! xtask installs what that build and the tests need, and runs the suites and the demo.
-mod demo;
+//! It depends on no workspace crate, so it builds on a fresh machine before `setup` has
+//! installed bpf-linker; lab work is delegated to the `mesh-lab` binary of `tests/`.
 mod setup;
 
 use std::process::Command;
@@ -40,11 +41,12 @@ fn main() -> Result<()> {
         Cmd::Demo => {
             setup::setup()?;
             build()?;
-            demo::run()
+            mesh_lab(&["demo"])
         }
         Cmd::LabSweep => {
-            sweep();
-            Ok(())
+            setup::setup()?;
+            build()?;
+            mesh_lab(&["sweep"])
         }
     }
 }
@@ -57,19 +59,27 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+/// The workspace root, wherever xtask was started from.
+fn root() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
 }
 
-/// The daemon and the lab's helper programs, which the tests and the demo run.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// The daemon and the lab's programs (labtool, mesh-lab), which tests and demo run.
 fn build() -> Result<()> {
     run(cargo().args(["build", "-p", "mesh-node", "-p", "mesh-tests", "--bins"]))
 }
 
-fn sweep() {
-    for removed in mesh_tests::sweep(None) {
-        eprintln!("lab-sweep: removed {removed}");
-    }
+fn mesh_lab(args: &[&str]) -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into);
+    run(Command::new(target.join("debug/mesh-lab")).args(args))
 }
 
 fn test(args: &[String]) -> Result<()> {
@@ -78,13 +88,10 @@ fn test(args: &[String]) -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     build()?;
-    sweep();
+    mesh_lab(&["sweep"])?;
     let result = run(cargo().arg("test").args(args));
-    let leftovers = mesh_tests::sweep(None);
+    let leaks = mesh_lab(&["sweep", "--check"]);
     eprintln!("xtask test: finished in {:.0?}", started.elapsed());
     result?;
-    if !leftovers.is_empty() {
-        bail!("tests left objects behind (their guards leak): {leftovers:?}");
-    }
-    Ok(())
+    leaks
 }

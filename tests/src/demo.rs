@@ -1,12 +1,12 @@
-//! `cargo xtask demo`: two nodes, a client pod and a web pod, real daemons in the
+//! The demo behind `cargo xtask demo` (run as `mesh-lab demo`): two nodes, a client pod and a web pod, real daemons in the
 //! standalone (embedded default) mode. curl in the client pod talks to python's
 //! http.server in the web pod; the mesh captures the connection in the kernel and the
 //! node daemon carries it. Then the client's node daemon is killed to show that the mesh
 //! fails closed. Everything is torn down at the end.
 use std::time::Duration;
 
+use crate::{labtool_bin, mesh::MeshSpec, mesh_node_bin, require_privileges, Lab};
 use anyhow::{bail, Result};
-use mesh_tests::{labtool_bin, mesh::MeshSpec, mesh_node_bin, require_privileges, Lab};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
