@@ -86,15 +86,18 @@ fn cargo_home() -> PathBuf {
 /// bpf-linker must link against the nightly's own LLVM (a plain `cargo install` fails):
 /// point LLVM_PREFIX at a directory whose lib/libLLVM.so is the nightly's library.
 fn bpf_linker() -> Result<()> {
+    let sysroot = nightly_sysroot()?;
+    // bpf-linker loads the nightly's libLLVM, which rustup puts on the library path when
+    // rustc runs it; do the same to ask it for its version.
     let installed = Command::new(cargo_home().join("bin/bpf-linker"))
         .arg("--version")
+        .env("LD_LIBRARY_PATH", sysroot.join("lib"))
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     if installed {
         return Ok(());
     }
-    let sysroot = nightly_sysroot()?;
     let (lib, major) = find_libllvm(&sysroot.join("lib"))?;
     let prefix = cargo_home().join("mesh-llvm-prefix");
     std::fs::create_dir_all(prefix.join("lib"))?;
@@ -109,6 +112,7 @@ fn bpf_linker() -> Result<()> {
         .args([
             "install",
             "bpf-linker",
+            "--force",
             "--locked",
             "--version",
             BPF_LINKER_VERSION,
