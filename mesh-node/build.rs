@@ -1,8 +1,10 @@
 //! Builds the kernel programs (`mesh-ebpf`) for the BPF target and leaves the object in
-//! OUT_DIR, where `src/ebpf` embeds it with `include_bytes_aligned!`.
+//! OUT_DIR, where `src/ebpf` embeds it with `include_bytes_aligned!`; generates the mesh
+//! CA's gRPC code (`proto/ca.proto`, included by `src/ca`).
 use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
+    compile_protos()?;
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
@@ -27,4 +29,17 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::default(),
     )
+}
+
+/// Generates the CA service's messages, client and server into OUT_DIR. protox parses the
+/// .proto in Rust, so a build machine needs no `protoc`.
+fn compile_protos() -> anyhow::Result<()> {
+    const PROTO: &str = "proto/ca.proto";
+    println!("cargo:rerun-if-changed={PROTO}");
+    let descriptors = protox::compile([PROTO], ["proto"]).context("compile proto/ca.proto")?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)
+        .context("generate the CA's gRPC code")
 }

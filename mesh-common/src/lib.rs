@@ -27,9 +27,12 @@ pub const MAP_EXCLUDED_PORTS: &str = "MESH_EXCL_PORT";
 pub const MAP_SOCKETS: &str = "MESH_SOCKS";
 /// Per-CPU `u64` counters indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "MESH_COUNTERS";
+/// Sources that may open TCP connections to enrolled workloads in STRICT mode: the
+/// addresses this node's daemon connects from. [`IpKey`] → `u8` (1).
+pub const MAP_TRUSTED_SOURCES: &str = "MESH_TRUSTED";
 
 /// Every map, in the order the daemon pins and reports them.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_ENROLLED,
     MAP_ORIG_BY_COOKIE,
     MAP_ORIG_BY_TUPLE,
@@ -39,6 +42,7 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_EXCLUDED_PORTS,
     MAP_SOCKETS,
     MAP_COUNTERS,
+    MAP_TRUSTED_SOURCES,
 ];
 
 /// Capacities. Changing one changes the pinned map layout: a daemon refuses to adopt
@@ -47,15 +51,29 @@ pub const MAX_WORKLOADS: u32 = 16_384;
 pub const MAX_PENDING_CONNECTIONS: u32 = 65_536;
 pub const MAX_EXCLUSIONS: u32 = 1_024;
 pub const MAX_SOCKETS: u32 = 65_536;
+pub const MAX_TRUSTED_SOURCES: u32 = 256;
 
 /// Program names (the BPF function names) as seen by aya.
 pub const PROG_CONNECT4: &str = "mesh_connect4";
 pub const PROG_CONNECT6: &str = "mesh_connect6";
 pub const PROG_SOCK_OPS: &str = "mesh_sock_ops";
 pub const PROG_SK_MSG: &str = "mesh_sk_msg";
+pub const PROG_INGRESS: &str = "mesh_ingress";
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
+
+/// [`Workload::flags`]: inbound TCP from anything but the node's daemon is dropped.
+pub const WORKLOAD_STRICT: u32 = 1;
+
+/// An address, for map keys: network byte order, IPv4 in `addr[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpKey {
+    pub addr: [u32; 4],
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u32,
+}
 
 /// An enrolled workload as the kernel knows it.
 #[repr(C)]
@@ -132,12 +150,17 @@ pub enum Counter {
     SockmapFull = 5,
     /// Payload bytes sent by captured client sockets, counted by `sk_msg`.
     SkMsgBytes = 6,
+    /// Connection attempts (SYN) to a STRICT workload from outside the mesh, dropped.
+    BypassDropped = 7,
+    /// Connection attempts to a PERMISSIVE workload from outside the mesh, let through.
+    BypassAllowed = 8,
 }
 
-pub const COUNTER_SLOTS: u32 = 8;
+/// Room for counters to come without changing the pinned map's layout.
+pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 9] = [
         Counter::CapturedV4,
         Counter::CapturedV6,
         Counter::Excluded,
@@ -145,6 +168,8 @@ impl Counter {
         Counter::Established,
         Counter::SockmapFull,
         Counter::SkMsgBytes,
+        Counter::BypassDropped,
+        Counter::BypassAllowed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -156,6 +181,8 @@ impl Counter {
             Counter::Established => "established",
             Counter::SockmapFull => "sockmap_full",
             Counter::SkMsgBytes => "sk_msg_bytes",
+            Counter::BypassDropped => "bypass_dropped",
+            Counter::BypassAllowed => "bypass_allowed",
         }
     }
 }
@@ -172,4 +199,6 @@ mod user {
     unsafe impl aya::Pod for SockKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IpKey {}
 }

@@ -8,6 +8,9 @@
 //!   the socket map.
 //! - `mesh_sk_msg`: counts payload bytes of captured sockets; the hook for in-kernel
 //!   acceleration.
+//! - `mesh_ingress` (cgroup skb ingress): inbound strictness. A TCP SYN to an enrolled
+//!   workload from anything but this node's daemon is counted, and dropped when the
+//!   workload is STRICT.
 //!
 //! Fail closed: when a connect of an enrolled workload cannot be captured (no capture
 //! address for its family, no room to remember it), the connect is refused (EPERM)
@@ -17,16 +20,17 @@
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
+    helpers::bpf_skb_cgroup_id,
     helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
+    macros::{cgroup_skb, cgroup_sock_addr, map, sk_msg, sock_ops},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
-    programs::{SkMsgContext, SockAddrContext, SockOpsContext},
+    programs::{SkBuffContext, SkMsgContext, SockAddrContext, SockOpsContext},
     EbpfContext as _,
 };
 use mesh_common::{
-    Counter, OrigDst, Settings, SockKey, Workload, AF_INET, AF_INET6, COUNTER_SLOTS, MAX_EXCLUSIONS,
-    MAX_PENDING_CONNECTIONS, MAX_SOCKETS, MAX_WORKLOADS, SETTINGS_HAS_V4, SETTINGS_HAS_V6,
-    SETTINGS_SOCKET_MAP,
+    Counter, IpKey, OrigDst, Settings, SockKey, Workload, AF_INET, AF_INET6, COUNTER_SLOTS, MAX_EXCLUSIONS,
+    MAX_PENDING_CONNECTIONS, MAX_SOCKETS, MAX_TRUSTED_SOURCES, MAX_WORKLOADS, SETTINGS_HAS_V4,
+    SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP, WORKLOAD_STRICT,
 };
 
 /// cgroup id → enrolled workload. Written by the daemon.
@@ -65,6 +69,10 @@ static SOCKETS: SockHash<SockKey> = SockHash::pinned(MAX_SOCKETS, 0);
 /// Per-CPU counters indexed by `mesh_common::Counter`. Written by every program.
 #[map(name = "MESH_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// Addresses this node's daemon connects to workloads from. Written by the daemon.
+#[map(name = "MESH_TRUSTED")]
+static TRUSTED_SOURCES: HashMap<IpKey, u8> = HashMap::pinned(MAX_TRUSTED_SOURCES, 0);
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
@@ -329,6 +337,90 @@ fn try_sock_ops(ctx: &SockOpsContext) {
 pub fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
     count(Counter::SkMsgBytes, u64::from(ctx.size()));
     SK_PASS
+}
+
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+#[cgroup_skb]
+pub fn mesh_ingress(ctx: SkBuffContext) -> i32 {
+    try_ingress(&ctx).unwrap_or(ALLOW)
+}
+
+/// Only connection attempts are judged (SYN without ACK): established connections were
+/// judged at their SYN, and everything else is not TCP to a listener.
+fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i64> {
+    // SAFETY: the context is a valid __sk_buff for this helper.
+    let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    // SAFETY: the value is copied out at once.
+    let Some(workload) = (unsafe { ENROLLED.get(&cgroup) }).copied() else {
+        return Ok(ALLOW);
+    };
+    let first: u8 = ctx.load(0)?;
+    let (src, dst, tcp) = match first >> 4 {
+        4 => {
+            if ctx.load::<u8>(9)? != IPPROTO_TCP {
+                return Ok(ALLOW);
+            }
+            let src: u32 = ctx.load(12)?;
+            let dst: u32 = ctx.load(16)?;
+            (
+                IpKey {
+                    addr: [src, 0, 0, 0],
+                    family: AF_INET as u32,
+                },
+                dst_key_v4(dst),
+                usize::from(first & 0x0f) * 4,
+            )
+        }
+        6 => {
+            // Extension headers are not followed: such a SYN is judged as not TCP.
+            if ctx.load::<u8>(6)? != IPPROTO_TCP {
+                return Ok(ALLOW);
+            }
+            let src: [u32; 4] = ctx.load(8)?;
+            let dst: [u32; 4] = ctx.load(24)?;
+            (
+                IpKey {
+                    addr: src,
+                    family: AF_INET6 as u32,
+                },
+                IpKey {
+                    addr: dst,
+                    family: AF_INET6 as u32,
+                },
+                40,
+            )
+        }
+        _ => return Ok(ALLOW),
+    };
+    let flags: u8 = ctx.load(tcp + 13)?;
+    if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
+        return Ok(ALLOW);
+    }
+    // The workload talking to itself, loopback, and the node's daemon are the mesh.
+    let loopback = (src.family == AF_INET as u32 && src.addr[0].to_ne_bytes()[0] == 127)
+        || (src.family == AF_INET6 as u32 && src.addr == [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]);
+    // SAFETY: presence test only.
+    if loopback || src == dst || unsafe { TRUSTED_SOURCES.get(&src).is_some() } {
+        return Ok(ALLOW);
+    }
+    if workload.flags & WORKLOAD_STRICT != 0 {
+        count(Counter::BypassDropped, 1);
+        Ok(REFUSE)
+    } else {
+        count(Counter::BypassAllowed, 1);
+        Ok(ALLOW)
+    }
+}
+
+#[inline(always)]
+fn dst_key_v4(dst: u32) -> IpKey {
+    IpKey {
+        addr: [dst, 0, 0, 0],
+        family: AF_INET as u32,
+    }
 }
 
 #[cfg(not(test))]

@@ -1,5 +1,7 @@
 //! Wiring of a running daemon: state, datapath, listeners, signals and drain.
-use std::{path::Path, sync::Arc};
+use std::{collections::BTreeSet, net::SocketAddr, path::Path, sync::Arc};
+
+use arc_swap::ArcSwap;
 
 use anyhow::Context as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
@@ -9,7 +11,18 @@ use tracing::{info, warn};
 use crate::{
     config::Config,
     ebpf::Datapath,
+    hbone::{
+        client::Pool,
+        server::{Inbound, InboundInputs},
+    },
+    identity::{
+        self,
+        ca::{self, CaRoot},
+        tls::SharedBundle,
+        Identity, TrustBundle,
+    },
     proxy::{outbound::Outbound, ProxyInputs},
+    secrets::{Issuer, SecretManager},
     state::MeshState,
 };
 
@@ -20,6 +33,37 @@ pub fn load_state(path: &Path) -> anyhow::Result<(Config, MeshState)> {
     Ok((config, state))
 }
 
+/// The identities of this node's workloads: the SVIDs the node must hold.
+fn local_identities(state: &MeshState) -> anyhow::Result<BTreeSet<Identity>> {
+    state
+        .workloads
+        .iter()
+        .filter(|w| w.node == state.node)
+        .map(|w| {
+            Identity::new(&state.trust_domain, &w.namespace, &w.service_account)
+                .with_context(|| format!("identity of workload {}/{}", w.namespace, w.name))
+        })
+        .collect()
+}
+
+/// The in-process CA: its root is loaded from `dir`, or created there on first start.
+fn in_process_ca(dir: &Path, trust_domain: &str) -> anyhow::Result<CaRoot> {
+    let root = if dir.join(ca::ROOT_KEY_FILE).exists() {
+        CaRoot::load(dir)?
+    } else {
+        info!(dir = %dir.display(), "no mesh CA root yet: creating one (in-process CA)");
+        CaRoot::init(dir, trust_domain)?
+    };
+    anyhow::ensure!(
+        root.trust_domain() == trust_domain,
+        "the CA root in {} is for trust domain {:?}, the config says {:?}",
+        dir.display(),
+        root.trust_domain(),
+        trust_domain
+    );
+    Ok(root)
+}
+
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (config, state) = load_state(config_path)?;
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "config loaded");
@@ -27,6 +71,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     // Bind before touching the kernel: a port conflict must not half-install anything.
     let outbound = Outbound::new(&state.capture)?;
+    let hbone_addrs: Vec<SocketAddr> = state.nodes[&state.node]
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, config.hbone_port()))
+        .collect();
+    let inbound = Inbound::new(&hbone_addrs)?;
+
+    let root = in_process_ca(&config.ca_dir(), &state.trust_domain)?;
+    let bundle: SharedBundle = Arc::new(ArcSwap::from_pointee(TrustBundle::new(vec![root.cert_der()])));
+    let secrets = SecretManager::new(Issuer::InProcess(root), bundle.clone(), config.svid_ttl());
+    secrets.sync(&local_identities(&state)?).await?;
+    let server_tls =
+        identity::tls::server_config(secrets.clone(), bundle.clone(), state.trust_domain.clone())?;
+
     let datapath = Datapath::install(&config.pin_dir(), &state.attach_cgroup, state.socket_map)?;
     datapath
         .maps
@@ -36,14 +93,29 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .context("writing the state into the BPF maps")?;
     let (state_tx, state_rx) = watch::channel(state.clone());
     let inputs = Arc::new(ProxyInputs {
-        state: state_rx,
+        state: state_rx.clone(),
         maps: datapath.maps.clone(),
+        connect_timeout: config.connect_timeout(),
+        trust_domain: state.trust_domain.clone(),
+        secrets: secrets.clone(),
+        pool: Pool::new(
+            bundle.clone(),
+            state.trust_domain.clone(),
+            config.hbone.reuse_connections,
+        ),
+        hbone_port: config.hbone_port(),
+    });
+    let inbound_inputs = Arc::new(InboundInputs {
+        state: state_rx,
+        tls: server_tls,
         connect_timeout: config.connect_timeout(),
     });
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let listeners = tokio::spawn(outbound.run(inputs, stop.clone(), tasks.clone()));
+    let hbone = tokio::spawn(inbound.run(inbound_inputs, stop.clone(), tasks.clone()));
+    let renewals = tokio::spawn(secrets.clone().run(stop.clone()));
     info!(
         node = %state.node,
         workloads = state.workloads.len(),
@@ -60,7 +132,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // Stop accepting: from here on, captured connects are refused by the kernel (nothing
     // listens), never sent around the mesh.
     stop.cancel();
-    let _ = listeners.await;
+    let _ = tokio::join!(listeners, hbone, renewals);
     tasks.close();
     let drain = config.drain_timeout();
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {

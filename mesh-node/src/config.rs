@@ -23,6 +23,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mesh";
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CA_DIR: &str = "/var/lib/mesh/ca";
+pub const DEFAULT_SVID_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The mesh's own ports: connects to them are never captured.
 pub const MESH_PORTS: [u16; 6] = [
@@ -53,9 +55,75 @@ pub struct Config {
     /// Timeout for the daemon's connection to the destination, e.g. "5s".
     #[serde(default, with = "opt_duration")]
     pub connect_timeout: Option<Duration>,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub hbone: HboneConfig,
+    #[serde(default)]
+    pub inbound: InboundConfig,
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub workloads: Vec<WorkloadConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Directory of the mesh CA root for the in-process CA (`mesh-node ca init --dir`).
+    /// Created at first start when missing (the single-node standalone default).
+    pub ca_dir: Option<PathBuf>,
+    /// Lifetime of workload SVIDs, e.g. "24h"; renewed at half life.
+    #[serde(default, with = "opt_duration")]
+    pub svid_ttl: Option<Duration>,
+}
+
+/// Who may open TCP connections to an enrolled workload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InboundMode {
+    /// Anyone; connections from outside the mesh are counted (`bypass_allowed`).
+    #[default]
+    Permissive,
+    /// Only this node's daemon (i.e. meshed, authenticated traffic); anything else is
+    /// dropped in the kernel and counted (`bypass_dropped`).
+    Strict,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Mode of every workload without a more specific one. Default PERMISSIVE, as Istio.
+    pub mode: Option<InboundMode>,
+    /// Per-namespace modes.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, InboundMode>,
+    /// Extra source addresses treated as this node (the node's own addresses always are).
+    #[serde(default)]
+    pub trusted_sources: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HboneConfig {
+    /// Port of the HBONE (mTLS) listener on every node address.
+    pub port: Option<u16>,
+    /// Pool tunnels per (source identity, node, destination identity); off means one
+    /// TLS handshake per connection.
+    #[serde(default = "yes")]
+    pub reuse_connections: bool,
+}
+
+impl Default for HboneConfig {
+    fn default() -> Self {
+        HboneConfig {
+            port: None,
+            reuse_connections: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -121,6 +189,8 @@ pub struct WorkloadConfig {
     pub cgroup: Option<PathBuf>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Overrides `inbound.mode` and `inbound.namespaces` for this workload.
+    pub inbound_mode: Option<InboundMode>,
 }
 
 fn default_trust_domain() -> String {
@@ -155,24 +225,31 @@ mod opt_duration {
     }
 }
 
-/// "250ms", "10s", "2m".
+/// "250ms", "10s", "2m", "24h", "365d".
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (num, unit) = text
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| text.split_at(i))
-        .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s or m)"))?;
+        .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m, h or d)"))?;
     let n: u64 = num
         .parse()
         .map_err(|_| format!("duration {text:?} does not start with a number"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!(
-            "duration {text:?}: unknown unit {unit:?} (use ms, s or m)"
-        )),
-    }
+    let scale = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "duration {text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {text:?} is too long"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +290,21 @@ impl Config {
         self.capture.port.unwrap_or(DEFAULT_CAPTURE_PORT)
     }
 
+    pub fn hbone_port(&self) -> u16 {
+        self.hbone.port.unwrap_or(DEFAULT_HBONE_PORT)
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.identity
+            .ca_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CA_DIR))
+    }
+
+    pub fn svid_ttl(&self) -> Duration {
+        self.identity.svid_ttl.unwrap_or(DEFAULT_SVID_TTL)
+    }
+
     pub fn pin_dir(&self) -> PathBuf {
         self.bpf
             .pin_dir
@@ -247,6 +339,12 @@ impl Config {
                 "set capture.ipv4 and/or capture.ipv6 (an address of this node)",
             ));
         }
+        if self.hbone.port == Some(0) {
+            return Err(invalid("hbone.port", "must be between 1 and 65535"));
+        }
+        if self.identity.svid_ttl.is_some_and(|t| t < Duration::from_secs(2)) {
+            return Err(invalid("identity.svidTtl", "must be at least 2s"));
+        }
         if self.capture.port == Some(0) {
             return Err(invalid("capture.port", "must be between 1 and 65535"));
         }
@@ -262,6 +360,9 @@ impl Config {
             if *port == 0 {
                 return Err(invalid(format!("exclusions.ports[{i}]"), "port 0 is not a port"));
             }
+        }
+        for ns in self.inbound.namespaces.keys() {
+            check_name(&format!("inbound.namespaces.{ns}"), ns)?;
         }
         let mut node_names = HashMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
@@ -471,6 +572,8 @@ workloads:
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("3").is_err());
-        assert!(parse_duration("3h").is_err());
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(2 * 86_400));
+        assert!(parse_duration("3w").is_err());
     }
 }

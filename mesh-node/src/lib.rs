@@ -4,8 +4,12 @@
 //! loads the kernel programs and keeps their maps in step with the state; the listeners
 //! (`proxy`) carry captured connections; `app` wires them together.
 pub mod app;
+pub mod ca;
 pub mod config;
 pub mod ebpf;
+pub mod hbone;
 pub mod identity;
+pub mod policy;
 pub mod proxy;
+pub mod secrets;
 pub mod state;

@@ -37,6 +37,11 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+    /// The mesh certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Print the kernel side: enrolled cgroups and counters, read from the pinned maps.
     Datapath {
         #[arg(long, default_value = mesh_node::config::DEFAULT_PIN_DIR)]
@@ -44,6 +49,55 @@ enum Command {
         /// Output format.
         #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the mesh root (ECDSA P-256) in a state directory: root.pem, and
+    /// root-key.pem with mode 0600. Refuses to overwrite an existing root.
+    Init {
+        #[arg(long, default_value = mesh_node::config::DEFAULT_CA_DIR)]
+        dir: PathBuf,
+        #[arg(long, default_value = mesh_node::config::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
+    /// Issue a node credential (spiffe://<td>/node/<name>) from the root in --dir: writes
+    /// <out>/node.pem, <out>/node-key.pem (0600) and <out>/root.pem. The node key is made
+    /// here, on the CA host: move the directory to the node over a secure channel.
+    IssueNode {
+        #[arg(long, default_value = mesh_node::config::DEFAULT_CA_DIR)]
+        dir: PathBuf,
+        /// The node's name, as in the mesh config's `nodes`.
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime, e.g. 720h or 365d.
+        #[arg(long, default_value = "365d", value_parser = mesh_node::ca::parse_ttl)]
+        ttl: std::time::Duration,
+    },
+    /// Serve the CA (gRPC over mutual TLS 1.3) to node daemons until SIGTERM or SIGINT. A
+    /// node may obtain SVIDs only for the workloads --config places on it; the file is
+    /// reloaded when it changes.
+    Serve {
+        #[arg(long, default_value = mesh_node::config::DEFAULT_CA_DIR)]
+        dir: PathBuf,
+        /// The mesh config (the same YAML the nodes run with).
+        #[arg(long, env = "MESH_CONFIG")]
+        config: PathBuf,
+        #[arg(long, default_value = mesh_node::ca::DEFAULT_LISTEN)]
+        listen: String,
+        /// Another name nodes reach the CA by (DNS name or IP) for its serving
+        /// certificate, which always holds the address a node connected to. Repeatable.
+        #[arg(long)]
+        san: Vec<String>,
+        /// SVID lifetime when a node does not ask for one.
+        #[arg(long, default_value = "24h", value_parser = mesh_node::ca::parse_ttl)]
+        default_ttl: std::time::Duration,
+        /// Longest SVID lifetime the CA signs.
+        #[arg(long, default_value = "7d", value_parser = mesh_node::ca::parse_ttl)]
+        max_ttl: std::time::Duration,
     },
 }
 
@@ -96,6 +150,51 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 removed.len(),
                 pin_dir.display()
             );
+            Ok(())
+        }
+        Command::Ca {
+            command: CaCommand::Init { dir, trust_domain },
+        } => {
+            let root = mesh_node::identity::ca::CaRoot::init(&dir, &trust_domain)?;
+            println!(
+                "created the mesh root for {} in {}",
+                root.trust_domain(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Ca {
+            command: CaCommand::IssueNode { dir, node, out, ttl },
+        } => {
+            let issued = mesh_node::ca::issue_node(&dir, &node, &out, ttl)?;
+            println!(
+                "issued {} in {} (node.pem, node-key.pem, root.pem); move it to node {node}",
+                issued.uri,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Ca {
+            command:
+                CaCommand::Serve {
+                    dir,
+                    config,
+                    listen,
+                    san,
+                    default_ttl,
+                    max_ttl,
+                },
+        } => {
+            let options = mesh_node::ca::ServerOptions {
+                default_ttl,
+                max_ttl,
+                sans: san,
+                ..Default::default()
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(mesh_node::ca::server::run(&dir, &config, &listen, options))?;
             Ok(())
         }
         Command::Datapath { pin_dir, output } => {

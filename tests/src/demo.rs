@@ -82,9 +82,9 @@ pub fn run() -> Result<()> {
         println!("   web pod's access log: {seen}");
     }
     println!(
-        "   the web pod saw node1's daemon ({}, {}), not the client pod ({}): the connections were captured in the kernel and carried by the mesh",
-        node1.ipv4(),
-        node1.ipv6(),
+        "   the web pod saw its node's daemon ({}, {}), not the client pod ({}): the connections were captured in the kernel\n   and carried from node1's daemon to node2's through an HBONE tunnel (HTTP/2 CONNECT over mutual TLS 1.3)",
+        node2.pod_gateway_v4(),
+        node2.pod_gateway_v6(),
         client.ipv4()
     );
 

@@ -2,7 +2,10 @@
 //! tests and the daemon can never disagree about the file format.
 use std::{collections::BTreeMap, net::IpAddr};
 
-use mesh_node::config::{BpfConfig, CaptureConfig, Config, Exclusions, NodeConfig, WorkloadConfig};
+use mesh_node::config::{
+    BpfConfig, CaptureConfig, Config, Exclusions, HboneConfig, IdentityConfig, InboundConfig, InboundMode,
+    NodeConfig, WorkloadConfig,
+};
 
 use crate::{Daemon, Lab, Node, Pod};
 
@@ -13,6 +16,7 @@ pub struct MeshWorkload {
     pub namespace: String,
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
+    pub inbound_mode: Option<InboundMode>,
 }
 
 impl MeshWorkload {
@@ -23,6 +27,7 @@ impl MeshWorkload {
             namespace: "default".into(),
             service_account: pod.name.clone(),
             labels: BTreeMap::from([("app".to_string(), pod.name.clone())]),
+            inbound_mode: None,
         }
     }
 
@@ -43,6 +48,7 @@ pub struct MeshSpec {
     pub nodes: Vec<Node>,
     pub workloads: Vec<MeshWorkload>,
     pub exclusions: Exclusions,
+    pub svid_ttl: Option<std::time::Duration>,
 }
 
 impl MeshSpec {
@@ -51,6 +57,7 @@ impl MeshSpec {
             nodes: nodes.iter().map(|n| (*n).clone()).collect(),
             workloads: pods.iter().map(|p| MeshWorkload::new(p)).collect(),
             exclusions: Exclusions::default(),
+            svid_ttl: None,
         }
     }
 
@@ -71,6 +78,13 @@ impl MeshSpec {
                 socket_map: false,
             },
             exclusions: self.exclusions.clone(),
+            // One root shared by the lab's nodes (the first daemon creates it).
+            identity: IdentityConfig {
+                ca_dir: Some(lab.dir().join("ca")),
+                svid_ttl: self.svid_ttl,
+            },
+            hbone: HboneConfig::default(),
+            inbound: InboundConfig::default(),
             drain_timeout: None,
             connect_timeout: None,
             nodes: self
@@ -99,6 +113,7 @@ impl MeshSpec {
                         ips: vec![IpAddr::from(w.pod.ipv4()), IpAddr::from(w.pod.ipv6())],
                         cgroup: (w.pod.node_index == node.index).then(|| w.pod.cgroup_path().to_path_buf()),
                         labels: w.labels.clone(),
+                        inbound_mode: w.inbound_mode,
                     }
                 })
                 .collect(),

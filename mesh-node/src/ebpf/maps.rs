@@ -12,13 +12,16 @@ use aya::maps::{
 };
 use ipnet::IpNet;
 use mesh_common::{
-    Counter, OrigDst, Settings, SockKey, Workload, AF_INET, AF_INET6, MAP_COUNTERS, MAP_ENROLLED,
-    MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4, MAP_EXCLUDED_V6, MAP_ORIG_BY_TUPLE, MAP_SETTINGS, SETTINGS_HAS_V4,
-    SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP,
+    Counter, IpKey, OrigDst, Settings, SockKey, Workload, AF_INET, AF_INET6, MAP_COUNTERS, MAP_ENROLLED,
+    MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4, MAP_EXCLUDED_V6, MAP_ORIG_BY_TUPLE, MAP_SETTINGS,
+    MAP_TRUSTED_SOURCES, SETTINGS_HAS_V4, SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP, WORKLOAD_STRICT,
 };
 
 use super::DatapathError;
-use crate::state::{CgroupId, MeshState};
+use crate::{
+    config::InboundMode,
+    state::{CgroupId, MeshState},
+};
 
 pub struct Maps {
     enrolled: HashMap<MapData, u64, Workload>,
@@ -28,6 +31,7 @@ pub struct Maps {
     excluded_v6: LpmTrie<MapData, [u8; 16], u8>,
     excluded_ports: HashMap<MapData, u16, u8>,
     counters: PerCpuArray<MapData, u64>,
+    trusted_sources: HashMap<MapData, IpKey, u8>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -90,6 +94,10 @@ impl Maps {
                 .take(MAP_COUNTERS)?
                 .try_into()
                 .map_err(map_err(MAP_COUNTERS))?,
+            trusted_sources: src
+                .take(MAP_TRUSTED_SOURCES)?
+                .try_into()
+                .map_err(map_err(MAP_TRUSTED_SOURCES))?,
         })
     }
 
@@ -130,9 +138,36 @@ impl Maps {
         sync_lpm(&mut self.excluded_v4, v4, MAP_EXCLUDED_V4)?;
         sync_lpm(&mut self.excluded_v6, v6, MAP_EXCLUDED_V6)?;
 
+        let trusted: HashSet<IpKey> = state.trusted_sources.iter().map(|ip| ip_key(*ip)).collect();
+        let stale: Vec<IpKey> = self
+            .trusted_sources
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !trusted.contains(k))
+            .collect();
+        for k in &trusted {
+            self.trusted_sources
+                .insert(k, 1, 0)
+                .map_err(map_err(MAP_TRUSTED_SOURCES))?;
+        }
+        for k in stale {
+            self.trusted_sources
+                .remove(&k)
+                .map_err(map_err(MAP_TRUSTED_SOURCES))?;
+        }
+
         let wanted: BTreeMap<u64, Workload> = state
             .local_cgroups()
-            .map(|(CgroupId(cg), id)| (cg, Workload { id: id.0, flags: 0 }))
+            .map(|(CgroupId(cg), id)| {
+                let strict = state.workload(id).inbound_mode == InboundMode::Strict;
+                (
+                    cg,
+                    Workload {
+                        id: id.0,
+                        flags: if strict { WORKLOAD_STRICT } else { 0 },
+                    },
+                )
+            })
             .collect();
         let stale: Vec<u64> = self
             .enrolled
@@ -229,6 +264,19 @@ fn sync_lpm<const N: usize>(
         map.remove(&k).map_err(map_err(name))?;
     }
     Ok(())
+}
+
+fn ip_key(ip: IpAddr) -> IpKey {
+    match ip {
+        IpAddr::V4(v4) => IpKey {
+            addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+            family: u32::from(AF_INET),
+        },
+        IpAddr::V6(v6) => IpKey {
+            addr: words(v6),
+            family: u32::from(AF_INET6),
+        },
+    }
 }
 
 fn words(ip: Ipv6Addr) -> [u32; 4] {

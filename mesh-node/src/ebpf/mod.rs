@@ -17,10 +17,15 @@ use std::{
 
 use aya::{
     maps::{MapError, SockHash},
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError, SkMsg, SockOps},
+    programs::{
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, SkMsg,
+        SockOps,
+    },
     Ebpf, EbpfLoader,
 };
-use mesh_common::{SockKey, MAP_SOCKETS, PROG_CONNECT4, PROG_CONNECT6, PROG_SK_MSG, PROG_SOCK_OPS};
+use mesh_common::{
+    SockKey, MAP_SOCKETS, PROG_CONNECT4, PROG_CONNECT6, PROG_INGRESS, PROG_SK_MSG, PROG_SOCK_OPS,
+};
 
 pub use maps::Maps;
 
@@ -30,7 +35,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/me
 /// bpffs refuses '.' in names, so generations are written `<program>-gen<N>`.
 const GENERATION_SEP: &str = "-gen";
 
-const CGROUP_PROGRAMS: [&str; 3] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS];
+const CGROUP_PROGRAMS: [&str; 4] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS, PROG_INGRESS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -206,7 +211,15 @@ fn attach_cgroup_program(
         name,
         source: ProgramError::UnexpectedProgramType,
     })?;
-    if name == PROG_SOCK_OPS {
+    if name == PROG_INGRESS {
+        let prog: &mut CgroupSkb = program.try_into().map_err(perr)?;
+        prog.load().map_err(perr)?;
+        let id = prog
+            .attach(cgroup, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+            .map_err(perr)?;
+        let link = prog.take_link(id).map_err(perr)?;
+        FdLink::try_from(link).map_err(|source| DatapathError::Link { name, source })
+    } else if name == PROG_SOCK_OPS {
         let prog: &mut SockOps = program.try_into().map_err(perr)?;
         prog.load().map_err(perr)?;
         let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(perr)?;

@@ -11,13 +11,24 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{ebpf::Maps, state::MeshState};
+use crate::{
+    ebpf::Maps,
+    hbone::{client::Pool, HboneError},
+    identity::Identity,
+    secrets::SecretManager,
+    state::MeshState,
+};
 
-/// What every listener reads: the state store and the datapath's maps.
+/// What the outbound listener reads: the state store, the datapath's maps, the
+/// certificates and the tunnel pool.
 pub struct ProxyInputs {
     pub state: watch::Receiver<Arc<MeshState>>,
     pub maps: Arc<Mutex<Maps>>,
     pub connect_timeout: Duration,
+    pub trust_domain: String,
+    pub secrets: Arc<SecretManager>,
+    pub pool: Pool,
+    pub hbone_port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +47,12 @@ pub enum ProxyError {
     Connect { dst: SocketAddr, source: std::io::Error },
     #[error("connecting to {dst} timed out after {timeout:?}")]
     ConnectTimeout { dst: SocketAddr, timeout: Duration },
+    #[error("no valid SVID for {identity} (expired or never issued): refusing its meshed traffic")]
+    NoSvid { identity: Identity },
+    #[error("workload {workload} has no valid identity: {message}")]
+    BadIdentity { workload: String, message: String },
+    #[error("tunnel: {0}")]
+    Hbone(#[from] HboneError),
     #[error("copying bytes: {0}")]
     Io(#[from] std::io::Error),
 }

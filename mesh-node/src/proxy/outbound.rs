@@ -13,7 +13,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info_span, warn, Instrument as _};
 
-use super::{bind, forward, ProxyError, ProxyInputs};
+use super::{
+    bind,
+    forward::{self, Upstream},
+    ProxyError, ProxyInputs,
+};
+use crate::hbone::copy;
 use crate::state::{CgroupId, Route};
 
 pub struct Outbound {
@@ -112,22 +117,31 @@ async fn handle(
     };
     debug!(src = %format_args!("{}/{}", src.namespace, src.name), %dst, route = route_name, "captured");
     downstream.set_nodelay(true)?;
-    let mut upstream = match forward::connect(route, dst, inputs.connect_timeout).await {
+    let upstream = match forward::connect(inputs, src, route, dst).await {
         Ok(s) => s,
         Err(e) => {
             reset(&downstream);
             return Err(e);
         }
     };
-    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+    let copied = match upstream {
+        Upstream::Tcp(mut upstream) => {
+            let r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+            if r.is_err() {
+                reset(&upstream);
+            }
+            r
+        }
+        Upstream::Tunnel(tunnel) => copy::bidirectional(&mut downstream, tunnel.send, tunnel.recv).await,
+    };
+    match copied {
         Ok((sent, received)) => {
             debug!(%dst, sent, received, "closed");
             Ok(())
         }
         Err(e) => {
-            // Propagate an abort as an abort: the other side sees a reset, not an EOF.
+            // Propagate an abort as an abort: the client sees a reset, not an EOF.
             reset(&downstream);
-            reset(&upstream);
             Err(e.into())
         }
     }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use cgroup::CgroupId;
 
-use crate::config::{Config, ConfigError, MESH_PORTS};
+use crate::config::{Config, ConfigError, InboundMode, MESH_PORTS};
 
 /// Index of a workload in [`MeshState::workloads`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -30,6 +30,7 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     /// For workloads of this node: the cgroup directory and its id.
     pub cgroup: Option<(PathBuf, CgroupId)>,
+    pub inbound_mode: InboundMode,
 }
 
 impl Workload {
@@ -70,6 +71,9 @@ pub struct MeshState {
     pub excluded_ports: Vec<u16>,
     /// Captured sockets go into the kernel socket map (and `sk_msg` counts their bytes).
     pub socket_map: bool,
+    /// Sources treated as this node's daemon by STRICT workloads: every address of the
+    /// node's network namespace, plus `inbound.trustedSources`.
+    pub trusted_sources: Vec<IpAddr>,
     #[serde(skip)]
     by_ip: HashMap<IpAddr, WorkloadId>,
     #[serde(skip)]
@@ -141,9 +145,17 @@ impl MeshState {
                 ips: w.ips.clone(),
                 labels: w.labels.clone(),
                 cgroup,
+                inbound_mode: w
+                    .inbound_mode
+                    .or_else(|| config.inbound.namespaces.get(&w.namespace).copied())
+                    .or(config.inbound.mode)
+                    .unwrap_or_default(),
             });
         }
-        let mut excluded_ports: Vec<u16> = MESH_PORTS.into_iter().chain([config.capture_port()]).collect();
+        let mut excluded_ports: Vec<u16> = MESH_PORTS
+            .into_iter()
+            .chain([config.capture_port(), config.hbone_port()])
+            .collect();
         excluded_ports.extend(&config.exclusions.ports);
         excluded_ports.sort_unstable();
         excluded_ports.dedup();
@@ -166,6 +178,18 @@ impl MeshState {
                 .collect(),
             excluded_ports,
             socket_map: config.bpf.socket_map,
+            trusted_sources: {
+                let mut t = netns_addresses().map_err(|e| {
+                    invalid(
+                        "inbound.trustedSources".into(),
+                        format!("listing this node's addresses: {e}"),
+                    )
+                })?;
+                t.extend(&config.inbound.trusted_sources);
+                t.sort_unstable();
+                t.dedup();
+                t
+            },
             by_ip,
             by_cgroup,
         })
@@ -198,4 +222,39 @@ impl MeshState {
             },
         }
     }
+}
+
+/// Every address configured in this network namespace.
+fn netns_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `ifap` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family says its real type.
+            match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+                libc::AF_INET => {
+                    // SAFETY: AF_INET means a sockaddr_in.
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()));
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: AF_INET6 means a sockaddr_in6.
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                }
+                _ => {}
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: frees the list getifaddrs allocated, once.
+    unsafe { libc::freeifaddrs(ifap) };
+    Ok(out)
 }
