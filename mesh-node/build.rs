@@ -1,6 +1,7 @@
 //! Builds the kernel programs (`mesh-ebpf`) for the BPF target and leaves the object in
-//! OUT_DIR, where `src/ebpf` embeds it with `include_bytes_aligned!`; generates the mesh
-//! CA's gRPC code (`proto/ca.proto`, included by `src/ca`).
+//! OUT_DIR, where `src/ebpf` embeds it with `include_bytes_aligned!`; generates the gRPC
+//! code of the mesh CA (`proto/ca.proto`, included by `src/ca`) and of the admin API
+//! (`proto/admin.proto`, included by `src/admin`).
 use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
@@ -31,15 +32,18 @@ fn main() -> anyhow::Result<()> {
     )
 }
 
-/// Generates the CA service's messages, client and server into OUT_DIR. protox parses the
-/// .proto in Rust, so a build machine needs no `protoc`.
+/// Generates the gRPC messages, clients and servers of the mesh CA (`proto/ca.proto`) and
+/// of the daemon's admin API (`proto/admin.proto`) into OUT_DIR. protox parses the .proto
+/// files in Rust, so a build machine needs no `protoc`.
 fn compile_protos() -> anyhow::Result<()> {
-    const PROTO: &str = "proto/ca.proto";
-    println!("cargo:rerun-if-changed={PROTO}");
-    let descriptors = protox::compile([PROTO], ["proto"]).context("compile proto/ca.proto")?;
+    const PROTOS: [&str; 2] = ["proto/ca.proto", "proto/admin.proto"];
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(PROTOS, ["proto"]).context("compile proto/*.proto")?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)
-        .context("generate the CA's gRPC code")
+        .context("generate the gRPC code")
 }

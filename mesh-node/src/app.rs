@@ -1,14 +1,13 @@
 //! Wiring of a running daemon: state, datapath, listeners, signals and drain.
 use std::{collections::BTreeSet, net::SocketAddr, path::Path, sync::Arc};
 
-use arc_swap::ArcSwap;
-
 use anyhow::Context as _;
 use tokio::{signal::unix::SignalKind, sync::watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
+    ca as mesh_ca,
     config::Config,
     ebpf::Datapath,
     hbone::{
@@ -64,6 +63,32 @@ fn in_process_ca(dir: &Path, trust_domain: &str) -> anyhow::Result<CaRoot> {
     Ok(root)
 }
 
+/// The CA that signs this node's CSRs, and the trust bundle to start with.
+async fn issuer(config: &Config, trust_domain: &str) -> anyhow::Result<(Issuer, SharedBundle)> {
+    match &config.identity.ca {
+        None => {
+            let root = in_process_ca(&config.ca_dir(), trust_domain)?;
+            let bundle = identity::shared_bundle(TrustBundle::new(vec![root.cert_der()]));
+            Ok((Issuer::InProcess(Box::new(root)), bundle))
+        }
+        Some(remote) => {
+            let dir = &remote.credential_dir;
+            let root = dir.join(mesh_ca::ROOT_CERT_FILE);
+            let client = mesh_ca::CaClient::connect(
+                &remote.address,
+                &dir.join(mesh_ca::NODE_CERT_FILE),
+                &dir.join(mesh_ca::NODE_KEY_FILE),
+                &root,
+            )
+            .await?;
+            let roots = client.roots().await?;
+            let bundle = identity::shared_bundle(TrustBundle::new(roots));
+            info!(ca = %remote.address, "using the remote mesh CA");
+            Ok((Issuer::Remote(Box::new(client)), bundle))
+        }
+    }
+}
+
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (config, state) = load_state(config_path)?;
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "config loaded");
@@ -77,9 +102,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .collect();
     let inbound = Inbound::new(&hbone_addrs)?;
 
-    let root = in_process_ca(&config.ca_dir(), &state.trust_domain)?;
-    let bundle: SharedBundle = Arc::new(ArcSwap::from_pointee(TrustBundle::new(vec![root.cert_der()])));
-    let secrets = SecretManager::new(Issuer::InProcess(root), bundle.clone(), config.svid_ttl());
+    let (issuer, bundle) = issuer(&config, &state.trust_domain).await?;
+    let secrets = SecretManager::new(issuer, bundle.clone(), config.svid_ttl());
     secrets.sync(&local_identities(&state)?).await?;
     let server_tls =
         identity::tls::server_config(secrets.clone(), bundle.clone(), state.trust_domain.clone())?;

@@ -72,9 +72,21 @@ pub struct IdentityConfig {
     /// Directory of the mesh CA root for the in-process CA (`mesh-node ca init --dir`).
     /// Created at first start when missing (the single-node standalone default).
     pub ca_dir: Option<PathBuf>,
+    /// A remote CA (`mesh-node ca serve`) instead of the in-process one.
+    pub ca: Option<RemoteCaConfig>,
     /// Lifetime of workload SVIDs, e.g. "24h"; renewed at half life.
     #[serde(default, with = "opt_duration")]
     pub svid_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoteCaConfig {
+    /// `host:port` of `mesh-node ca serve`.
+    pub address: String,
+    /// This node's credential as `mesh-node ca issue-node --out` wrote it: node.pem,
+    /// node-key.pem and root.pem.
+    pub credential_dir: PathBuf,
 }
 
 /// Who may open TCP connections to an enrolled workload.
@@ -337,6 +349,12 @@ impl Config {
             return Err(invalid(
                 "capture",
                 "set capture.ipv4 and/or capture.ipv6 (an address of this node)",
+            ));
+        }
+        if self.identity.ca_dir.is_some() && self.identity.ca.is_some() {
+            return Err(invalid(
+                "identity",
+                "set identity.caDir (in-process CA) or identity.ca (remote CA), not both",
             ));
         }
         if self.hbone.port == Some(0) {

@@ -18,13 +18,15 @@ use tracing::{info, warn};
 use crate::identity::{
     ca::{generate_csr, CaRoot},
     tls::{SharedBundle, SvidSource},
-    Identity, Svid,
+    Identity, Svid, TrustBundle,
 };
 
 /// Who signs the node's CSRs.
 pub enum Issuer {
     /// The CA root is held by this process (single node, or a lab sharing a root).
-    InProcess(CaRoot),
+    InProcess(Box<CaRoot>),
+    /// `mesh-node ca serve`, reached with this node's credential.
+    Remote(Box<crate::ca::CaClient>),
 }
 
 impl Issuer {
@@ -39,6 +41,24 @@ impl Issuer {
                 .sign_csr(csr, identity, ttl)
                 .map(|leaf| vec![leaf])
                 .map_err(|e| e.to_string()),
+            Issuer::Remote(client) => client
+                .sign_workload(csr, identity, ttl)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The CA's current roots, for the trust bundle (rotation).
+    async fn roots(&self) -> Option<Vec<CertificateDer<'static>>> {
+        match self {
+            Issuer::InProcess(_) => None,
+            Issuer::Remote(client) => match client.roots().await {
+                Ok(roots) => Some(roots),
+                Err(e) => {
+                    warn!(error = %e, "fetching the trust bundle from the CA failed, keeping the current one");
+                    None
+                }
+            },
         }
     }
 }
@@ -82,8 +102,15 @@ fn renewal_time(svid: &Svid) -> SystemTime {
     svid.not_before + life / 2 - jitter
 }
 
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(500 * 2u64.saturating_pow(failures.min(7))).min(Duration::from_secs(60))
+/// How often a remote CA is asked for its roots.
+const BUNDLE_REFRESH: Duration = Duration::from_secs(30);
+
+/// Retry delay after `failures` failed renewals: doubling from 0.5 s, capped at a minute
+/// and at a quarter of the SVID lifetime, so a short-lived SVID is retried often enough
+/// to be renewed once the CA is back before it expires.
+fn backoff(failures: u32, lifetime: Duration) -> Duration {
+    let cap = (lifetime / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
+    Duration::from_millis(500 * 2u64.saturating_pow(failures.min(7))).min(cap)
 }
 
 impl SecretManager {
@@ -149,8 +176,9 @@ impl SecretManager {
         (!entry.svid.expired_at(SystemTime::now())).then(|| entry.svid.clone())
     }
 
-    /// Renews SVIDs until `stop`.
+    /// Renews SVIDs until `stop`; with a remote CA, also refreshes the trust bundle.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut bundle_refresh = tokio::time::interval(BUNDLE_REFRESH);
         loop {
             let next = {
                 let entries = self.entries.read().expect("secrets lock");
@@ -162,6 +190,10 @@ impl SecretManager {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.changed.notified() => continue,
+                _ = bundle_refresh.tick() => {
+                    self.refresh_bundle().await;
+                    continue;
+                }
                 _ = tokio::time::sleep(wait) => {}
             }
             let due: Vec<Identity> = {
@@ -185,7 +217,12 @@ impl SecretManager {
                         let mut entries = self.entries.write().expect("secrets lock");
                         if let Some(entry) = entries.get_mut(&identity) {
                             entry.failures += 1;
-                            entry.renew_at = SystemTime::now() + backoff(entry.failures);
+                            let lifetime = entry
+                                .svid
+                                .not_after
+                                .duration_since(entry.svid.not_before)
+                                .unwrap_or_default();
+                            entry.renew_at = SystemTime::now() + backoff(entry.failures, lifetime);
                             if entry.svid.expired_at(SystemTime::now()) {
                                 warn!(%identity, error = %e, "SVID expired and cannot be renewed: this workload's meshed traffic is refused");
                             } else {
@@ -195,6 +232,23 @@ impl SecretManager {
                     }
                 }
             }
+        }
+    }
+}
+
+impl SecretManager {
+    async fn refresh_bundle(&self) {
+        let Some(roots) = self.issuer.roots().await else {
+            return;
+        };
+        if roots.is_empty() {
+            warn!("the CA returned no roots; keeping the current trust bundle");
+            return;
+        }
+        let current = self.bundle.load();
+        if current.roots() != roots.as_slice() {
+            info!(roots = roots.len(), "trust bundle updated from the CA");
+            self.bundle.store(Arc::new(TrustBundle::new(roots)));
         }
     }
 }

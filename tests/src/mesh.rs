@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use mesh_node::config::{
     BpfConfig, CaptureConfig, Config, Exclusions, HboneConfig, IdentityConfig, InboundConfig, InboundMode,
-    NodeConfig, WorkloadConfig,
+    NodeConfig, RemoteCaConfig, WorkloadConfig,
 };
 
 use crate::{Daemon, Lab, Node, Pod};
@@ -49,6 +49,9 @@ pub struct MeshSpec {
     pub workloads: Vec<MeshWorkload>,
     pub exclusions: Exclusions,
     pub svid_ttl: Option<std::time::Duration>,
+    /// Use `mesh-node ca serve` (see [`MeshSpec::start_ca`]) instead of a root shared by
+    /// the nodes' in-process CAs.
+    pub remote_ca: bool,
 }
 
 impl MeshSpec {
@@ -58,7 +61,62 @@ impl MeshSpec {
             workloads: pods.iter().map(|p| MeshWorkload::new(p)).collect(),
             exclusions: Exclusions::default(),
             svid_ttl: None,
+            remote_ca: false,
         }
+    }
+
+    /// Where `start_ca` serves: node1's address, port 15012.
+    pub fn ca_address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.nodes[0].ipv4().into(), mesh_node::config::DEFAULT_CA_PORT)
+    }
+
+    fn credential_dir(lab: &Lab, node: &Node) -> std::path::PathBuf {
+        lab.dir().join(format!("credential-{}", node.name))
+    }
+
+    /// Creates the mesh root (once), a node credential per node, and runs
+    /// `mesh-node ca serve` in node1's namespace; returns when it is ready.
+    pub fn start_ca(&self, lab: &Lab) -> crate::LabChild {
+        let dir = lab.dir().join("ca");
+        let bin = crate::mesh_node_bin();
+        if !dir.join("root-key.pem").exists() {
+            lab.run(
+                std::process::Command::new(&bin)
+                    .args(["ca", "init", "--dir"])
+                    .arg(&dir),
+                CA_TIMEOUT,
+            )
+            .assert_success();
+        }
+        for node in &self.nodes {
+            let out = Self::credential_dir(lab, node);
+            if !out.join("node.pem").exists() {
+                lab.run(
+                    std::process::Command::new(&bin)
+                        .args(["ca", "issue-node", "--dir"])
+                        .arg(&dir)
+                        .args(["--node", &node.name, "--out"])
+                        .arg(&out),
+                    CA_TIMEOUT,
+                )
+                .assert_success();
+            }
+        }
+        let config = lab.write_file("ca-mesh.yaml", &self.yaml(lab, &self.nodes[0]));
+        let ca = lab.spawn_named(
+            "mesh-ca",
+            self.nodes[0]
+                .command(&bin)
+                .args(["ca", "serve", "--dir"])
+                .arg(&dir)
+                .arg("--config")
+                .arg(&config)
+                .args(["--listen", &self.ca_address().to_string()]),
+        );
+        ca.stderr()
+            .wait_for("mesh-ca ready", CA_TIMEOUT)
+            .expect("mesh-ca did not become ready");
+        ca
     }
 
     /// The config of `node`'s daemon: capture on the node's addresses, programs attached
@@ -78,9 +136,14 @@ impl MeshSpec {
                 socket_map: false,
             },
             exclusions: self.exclusions.clone(),
-            // One root shared by the lab's nodes (the first daemon creates it).
+            // Either the remote CA, or one root shared by the lab's nodes' in-process CAs
+            // (the first daemon creates it).
             identity: IdentityConfig {
-                ca_dir: Some(lab.dir().join("ca")),
+                ca_dir: (!self.remote_ca).then(|| lab.dir().join("ca")),
+                ca: self.remote_ca.then(|| RemoteCaConfig {
+                    address: self.ca_address().to_string(),
+                    credential_dir: Self::credential_dir(lab, node),
+                }),
                 svid_ttl: self.svid_ttl,
             },
             hbone: HboneConfig::default(),
@@ -132,6 +195,8 @@ impl MeshSpec {
             .collect()
     }
 }
+
+const CA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn to_yaml(config: &Config) -> String {
     serde_norway::to_string(config).expect("config serializes")

@@ -233,3 +233,98 @@ fn svids_rotate_during_a_long_transfer() {
         );
     }
 }
+
+#[test]
+fn remote_ca_outage_keeps_svids_until_expiry_then_fails_closed_and_recovers() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = Lab::new("ca-outage");
+    let (n1, n2) = (lab.add_node(), lab.add_node());
+    let client = lab.add_pod(&n1, "client");
+    let server = lab.add_pod(&n2, "server");
+    let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &server]);
+    mesh.remote_ca = true;
+    mesh.svid_ttl = Some(Duration::from_secs(4));
+    let ca = mesh.start_ca(&lab);
+    let daemons = mesh.start(&lab);
+    daemons[0].wait_for_log("using the remote mesh CA", T);
+    let _echo = serve(&lab, &server, "echo", 7001);
+    let target = sock(server.ipv4(), 7001);
+    assert!(echo(&lab, &client, target, 64 << 10, 1).success());
+
+    // CA down: renewals fail, the current SVIDs are kept while valid...
+    ca.kill();
+    let from = daemons[0].output().line_count();
+    daemons[0]
+        .output()
+        .wait_for_line_from(
+            from,
+            |l| l.contains("SVID renewal failed, keeping the current one"),
+            T,
+        )
+        .expect("node1 kept its SVID while the CA was down");
+    let out = echo(&lab, &client, target, 64 << 10, 1);
+    assert!(out.success(), "a still-valid SVID must keep working: {out}");
+    // ...and once expired, meshed traffic is refused, never sent in plaintext.
+    daemons[0]
+        .output()
+        .wait_for_line_from(from, |l| l.contains("SVID expired and cannot be renewed"), T)
+        .expect("node1's SVID expired");
+    let out = echo(&lab, &client, target, 1024, 1);
+    assert!(!out.success(), "traffic went through with an expired SVID: {out}");
+    assert!(
+        daemons[0].logs().contains("no valid SVID"),
+        "{}",
+        daemons[0].logs()
+    );
+
+    // CA back: both nodes renew (their retry backoff is capped at a quarter of the SVID
+    // lifetime) and traffic flows again.
+    let from: Vec<usize> = daemons.iter().map(|d| d.output().line_count()).collect();
+    let _ca = mesh.start_ca(&lab);
+    for (d, from) in daemons.iter().zip(from) {
+        d.output()
+            .wait_for_line_from(from, |l| l.contains("SVID issued"), T)
+            .expect("renewed after the CA came back");
+    }
+    let out = echo(&lab, &client, target, 64 << 10, 1);
+    assert!(out.success(), "no recovery after the CA came back: {out}");
+}
+
+#[test]
+fn remote_ca_refuses_an_svid_for_a_workload_of_another_node() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = Lab::new("ca-authz");
+    let (n1, n2) = (lab.add_node(), lab.add_node());
+    let client = lab.add_pod(&n1, "client");
+    let server = lab.add_pod(&n2, "server");
+    let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &server]);
+    mesh.remote_ca = true;
+    let _ca = mesh.start_ca(&lab);
+    // node1 claims the server workload (with a cgroup of its own) though the CA's view
+    // of the mesh puts it on node2.
+    let rogue = lab.add_pod(&n1, "rogue");
+    let mut c1 = mesh.config(&lab, &n1);
+    c1.workloads[1].node = n1.name.clone();
+    c1.workloads[1].cgroup = Some(rogue.cgroup_path().to_path_buf());
+    c1.workloads[1].ips = vec![rogue.ipv4().into()];
+    let path = lab.write_file("rogue.yaml", &mesh_tests::mesh::to_yaml(&c1));
+    let out = lab.run(
+        n1.command(mesh_tests::mesh_node_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&path),
+        T,
+    );
+    assert!(
+        !out.success(),
+        "node1 got an SVID for another node's workload: {out}"
+    );
+    assert!(
+        out.stderr.contains("sa/server") && out.stderr.contains("node1"),
+        "{out}"
+    );
+}

@@ -1,8 +1,8 @@
 //! L4 authorization: Istio's `security.istio.io/v1` AuthorizationPolicy, pure (no I/O).
 //!
 //! `model` owns the YAML shape users paste from Istio and its validation; `matcher` compiles a
-//! validated policy into matchers; `eval` owns the [`PolicySet`] that decides a connection and
-//! explains the decision. Anything Istio can express that an L4 mesh cannot enforce (HTTP
+//! validated policy into matchers; `eval` owns the [`PolicySet`] that decides a connection, and
+//! `explain` words why. Anything Istio can express that an L4 mesh cannot enforce (HTTP
 //! methods, paths, JWT principals, `when` conditions, ...) is rejected, never ignored: silently
 //! dropping a condition would widen an ALLOW rule or narrow a DENY rule.
 mod eval;
