@@ -10,6 +10,7 @@ pub mod config;
 pub mod ebpf;
 pub mod hbone;
 pub mod identity;
+mod labelled_io;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

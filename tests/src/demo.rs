@@ -88,6 +88,8 @@ pub fn run() -> Result<()> {
         client.ipv4()
     );
 
+    let accepted = daemons[1].wait_for_log("tunnel accepted", TIMEOUT);
+    println!("   {}'s daemon: {}", node2.name, accepted.trim());
     println!("\n== kernel counters on {} (mesh-node datapath):", node1.name);
     let pin_dir = lab.bpf_pin_dir(&node1);
     let out = lab.run(

@@ -10,18 +10,16 @@ use std::{
     path::{Path, PathBuf},
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
     time::Duration,
 };
 
 use futures_util::Stream;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{UnixListener, UnixStream},
     sync::broadcast::error::RecvError,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{transport::server::Connected, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::{
@@ -284,51 +282,4 @@ impl MeshAdmin for Service {
 }
 
 /// A caller's connection, labelled with what [`check_peer`] found.
-struct AdminStream {
-    inner: UnixStream,
-    peer: AdminPeer,
-}
-
-impl Connected for AdminStream {
-    type ConnectInfo = AdminPeer;
-
-    fn connect_info(&self) -> AdminPeer {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for AdminStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AdminStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
+type AdminStream = crate::labelled_io::Labelled<UnixStream, AdminPeer>;
