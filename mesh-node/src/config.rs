@@ -64,6 +64,13 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub workloads: Vec<WorkloadConfig>,
+    /// Istio `security.istio.io/v1` AuthorizationPolicies (L4 fields only), enforced by the
+    /// destination's daemon.
+    #[serde(default)]
+    pub policies: Vec<crate::policy::AuthorizationPolicy>,
+    /// Policies of this namespace apply to every workload of the mesh, as in Istio.
+    #[serde(default = "default_root_namespace")]
+    pub root_namespace: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -207,6 +214,11 @@ pub struct WorkloadConfig {
 
 fn default_trust_domain() -> String {
     DEFAULT_TRUST_DOMAIN.to_string()
+}
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+fn default_root_namespace() -> String {
+    DEFAULT_ROOT_NAMESPACE.to_string()
 }
 fn default_namespace() -> String {
     "default".to_string()

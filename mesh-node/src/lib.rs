@@ -8,6 +8,7 @@ pub mod app;
 pub mod ca;
 pub mod config;
 pub mod ebpf;
+pub mod explain;
 pub mod hbone;
 pub mod identity;
 mod labelled_io;

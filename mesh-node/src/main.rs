@@ -28,6 +28,17 @@ enum Command {
         #[arg(long, env = "MESH_CONFIG")]
         config: PathBuf,
     },
+    /// What the authorization policies of a config decide for a connection, and why.
+    Explain {
+        #[arg(long, env = "MESH_CONFIG")]
+        config: PathBuf,
+        /// The source: a workload name (or namespace/name), or an IP address.
+        #[arg(long)]
+        from: String,
+        /// The destination, ip:port.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+    },
     /// Detach the programs and remove every pin (the only way mesh-node removes them).
     Uninstall {
         /// Take the pin directory from this config file.
@@ -136,6 +147,13 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 state.workloads.len(),
                 state.local_cgroups().count()
             );
+            Ok(())
+        }
+        Command::Explain { config, from, to } => {
+            let config = Config::load(&config)?;
+            for line in mesh_node::explain::explain(&config, &from, to)? {
+                println!("{line}");
+            }
             Ok(())
         }
         Command::Uninstall { config, pin_dir } => {

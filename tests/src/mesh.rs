@@ -52,6 +52,8 @@ pub struct MeshSpec {
     /// Use `mesh-node ca serve` (see [`MeshSpec::start_ca`]) instead of a root shared by
     /// the nodes' in-process CAs.
     pub remote_ca: bool,
+    /// Authorization policies, written into every node's config.
+    pub policies: Vec<mesh_node::policy::AuthorizationPolicy>,
 }
 
 impl MeshSpec {
@@ -62,6 +64,7 @@ impl MeshSpec {
             exclusions: Exclusions::default(),
             svid_ttl: None,
             remote_ca: false,
+            policies: Vec::new(),
         }
     }
 
@@ -180,6 +183,8 @@ impl MeshSpec {
                     }
                 })
                 .collect(),
+            policies: self.policies.clone(),
+            root_namespace: mesh_node::config::DEFAULT_ROOT_NAMESPACE.into(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! number of `CONNECT` streams.
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
         Arc, Mutex,
@@ -70,7 +70,8 @@ impl Pool {
     }
 
     /// Opens a `CONNECT target` stream to `node` as `svid`, expecting the server to prove
-    /// `dst`. No application byte is sent before the server's identity is verified (the
+    /// `dst`. `source` is the address of the source workload, sent in a `Forwarded` header
+    /// for the destination's policy (`ipBlocks`). No application byte is sent before the server's identity is verified (the
     /// TLS verifier checks it during the handshake) and the server has answered 200.
     pub async fn connect(
         &self,
@@ -78,6 +79,7 @@ impl Pool {
         node: SocketAddr,
         dst: &Identity,
         target: SocketAddr,
+        source: Option<IpAddr>,
     ) -> Result<Tunnel, HboneError> {
         let key = PoolKey {
             src: svid.identity.clone(),
@@ -102,11 +104,11 @@ impl Pool {
             }
         };
         let guard = StreamGuard(conn.clone());
-        let request = Request::builder()
-            .method(Method::CONNECT)
-            .uri(target.to_string())
-            .body(())
-            .expect("valid CONNECT request");
+        let mut request = Request::builder().method(Method::CONNECT).uri(target.to_string());
+        if let Some(ip) = source {
+            request = request.header(http::header::FORWARDED, forwarded_for(ip));
+        }
+        let request = request.body(()).expect("valid CONNECT request");
         let mut send = conn.send.clone();
         let h2err = |source| HboneError::H2 { node, source };
         send = send.ready().await.map_err(|e| {
@@ -187,5 +189,47 @@ impl Pool {
             streams: AtomicU32::new(0),
             dead,
         }))
+    }
+}
+
+/// `for="<ip>"` (RFC 7239; IPv6 in brackets).
+pub fn forwarded_for(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("for=\"{v4}\""),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    }
+}
+
+/// The first `for=` address of a `Forwarded` header value, if it is an IP address.
+pub fn parse_forwarded_for(value: &str) -> Option<IpAddr> {
+    value.split([',', ';']).find_map(|part| {
+        let (key, v) = part.trim().split_once('=')?;
+        if !key.trim().eq_ignore_ascii_case("for") {
+            return None;
+        }
+        let v = v.trim().trim_matches('"');
+        let v = v
+            .strip_prefix('[')
+            .and_then(|v| v.split_once(']'))
+            .map_or(v, |(ip, _)| ip);
+        v.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_round_trips() {
+        for ip in ["10.1.2.3", "fd00::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(parse_forwarded_for(&forwarded_for(ip)), Some(ip));
+        }
+        assert_eq!(
+            parse_forwarded_for("proto=https; for=\"10.0.0.9\""),
+            Some("10.0.0.9".parse().unwrap())
+        );
+        assert_eq!(parse_forwarded_for("for=unknown"), None);
     }
 }

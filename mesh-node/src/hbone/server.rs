@@ -60,7 +60,7 @@ impl Inbound {
                     let conn_tasks = tasks.clone();
                     tasks.spawn(
                         async move {
-                            if let Err(e) = serve_connection(inputs, tcp, conn_tasks).await {
+                            if let Err(e) = serve_connection(inputs, tcp, peer, conn_tasks).await {
                                 warn!(error = %e, "hbone connection failed");
                             }
                         }
@@ -90,6 +90,7 @@ enum ServeError {
 async fn serve_connection(
     inputs: Arc<InboundInputs>,
     tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
     tasks: TaskTracker,
 ) -> Result<(), ServeError> {
     let _ = tcp.set_nodelay(true);
@@ -113,7 +114,8 @@ async fn serve_connection(
         let span = info_span!("stream", src = %client);
         let (inputs, client, sni) = (inputs.clone(), client.clone(), sni.clone());
         tasks.spawn(
-            async move { serve_stream(&inputs, request, respond, &client, &sni).await }.instrument(span),
+            async move { serve_stream(&inputs, request, respond, &client, peer, &sni).await }
+                .instrument(span),
         );
     }
     Ok(())
@@ -132,6 +134,7 @@ async fn serve_stream(
     request: Request<h2::RecvStream>,
     mut send_response: SendResponse<Bytes>,
     client: &Identity,
+    peer: SocketAddr,
     sni: &str,
 ) {
     if request.method() != Method::CONNECT {
@@ -163,6 +166,27 @@ async fn serve_stream(
     if identity.as_ref().map(|i| i.sni()).ok().as_deref() != Some(sni) {
         warn!(%target, "CONNECT target does not match the identity the tunnel was opened for: 400");
         return respond(send_response, StatusCode::BAD_REQUEST);
+    }
+    // The source workload's address as its node sent it, else the tunnel's peer.
+    let source_ip = request
+        .headers()
+        .get(http::header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(super::client::parse_forwarded_for)
+        .unwrap_or(peer.ip());
+    let principal = client.uri();
+    let principal = principal.strip_prefix("spiffe://").unwrap_or(&principal);
+    let decision = state.policies.evaluate(&crate::policy::Request {
+        source_principal: Some(principal),
+        source_namespace: Some(&client.namespace),
+        source_ip,
+        destination_namespace: &workload.namespace,
+        destination_labels: &workload.labels,
+        destination_port: target.port(),
+    });
+    if !decision.allowed {
+        crate::proxy::log_denied(&client.to_string(), source_ip, workload, target, &decision);
+        return respond(send_response, StatusCode::FORBIDDEN);
     }
     debug!(src = %client, %target, "CONNECT");
     let mut upstream =

@@ -26,6 +26,7 @@ pub async fn connect(
     src: &Workload,
     route: Route<'_>,
     dst: SocketAddr,
+    source_ip: IpAddr,
 ) -> Result<Upstream, ProxyError> {
     match route {
         Route::Remote { workload, node_addrs } => {
@@ -37,7 +38,10 @@ pub async fn connect(
                 .svid(&src_id)
                 .ok_or(ProxyError::NoSvid { identity: src_id })?;
             let node = SocketAddr::new(pick_node_addr(node_addrs, dst.ip()), inputs.hbone_port);
-            let tunnel = inputs.pool.connect(&svid, node, &dst_id, dst).await?;
+            let tunnel = inputs
+                .pool
+                .connect(&svid, node, &dst_id, dst, Some(source_ip))
+                .await?;
             Ok(Upstream::Tunnel(tunnel))
         }
         Route::Local(_) | Route::Passthrough => {

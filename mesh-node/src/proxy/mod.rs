@@ -82,3 +82,24 @@ pub fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ProxyError> {
     socket.listen(1024).map_err(fail)?;
     tokio::net::TcpListener::from_std(socket.into()).map_err(fail)
 }
+
+/// The one log line of a connection a policy denied, at the destination or (same node) the
+/// source's daemon.
+pub fn log_denied(
+    src: &str,
+    src_ip: std::net::IpAddr,
+    dst: &crate::state::Workload,
+    target: SocketAddr,
+    decision: &crate::policy::Decision,
+) {
+    tracing::info!(
+        src = %src,
+        dst = %target,
+        policy = %decision.policy.as_deref().unwrap_or("-"),
+        rule = %decision.rule.map_or_else(|| "-".to_string(), |r| r.to_string()),
+        reason = %decision.reason,
+        %src_ip,
+        dst_workload = %format_args!("{}/{}", dst.namespace, dst.name),
+        "connection denied by policy"
+    );
+}

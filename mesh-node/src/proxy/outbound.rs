@@ -116,8 +116,32 @@ async fn handle(
         Route::Passthrough => "passthrough",
     };
     debug!(src = %format_args!("{}/{}", src.namespace, src.name), %dst, route = route_name, "captured");
+    if let Route::Local(workload) = route {
+        // Same node: no tunnel, so this daemon is the destination's and enforces its policy
+        // with the identity it knows from the kernel (the source's cgroup).
+        let principal = workload_principal(&state.trust_domain, src);
+        let decision = state.policies.evaluate(&crate::policy::Request {
+            source_principal: Some(&principal),
+            source_namespace: Some(&src.namespace),
+            source_ip: client.ip(),
+            destination_namespace: &workload.namespace,
+            destination_labels: &workload.labels,
+            destination_port: dst.port(),
+        });
+        if !decision.allowed {
+            super::log_denied(
+                &format!("spiffe://{principal}"),
+                client.ip(),
+                workload,
+                dst,
+                &decision,
+            );
+            reset(&downstream);
+            return Ok(());
+        }
+    }
     downstream.set_nodelay(true)?;
-    let upstream = match forward::connect(inputs, src, route, dst).await {
+    let upstream = match forward::connect(inputs, src, route, dst, client.ip()).await {
         Ok(s) => s,
         Err(e) => {
             reset(&downstream);
@@ -150,4 +174,9 @@ async fn handle(
 /// Makes the next close send RST instead of FIN.
 fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
+
+/// `<trust-domain>/ns/<namespace>/sa/<service-account>`: a principal as policies write it.
+fn workload_principal(trust_domain: &str, w: &crate::state::Workload) -> String {
+    format!("{trust_domain}/ns/{}/sa/{}", w.namespace, w.service_account)
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 pub use cgroup::CgroupId;
 
 use crate::config::{Config, ConfigError, InboundMode, MESH_PORTS};
+use crate::policy::PolicySet;
 
 /// Index of a workload in [`MeshState::workloads`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -74,6 +75,9 @@ pub struct MeshState {
     /// Sources treated as this node's daemon by STRICT workloads: every address of the
     /// node's network namespace, plus `inbound.trustedSources`.
     pub trusted_sources: Vec<IpAddr>,
+    /// The compiled authorization policies.
+    #[serde(skip)]
+    pub policies: PolicySet,
     #[serde(skip)]
     by_ip: HashMap<IpAddr, WorkloadId>,
     #[serde(skip)]
@@ -86,6 +90,14 @@ impl MeshState {
     pub fn build(config: &Config) -> Result<MeshState, ConfigError> {
         config.validate()?;
         let invalid = |field: String, message: String| ConfigError::Invalid { field, message };
+        if !crate::config::is_valid_name(&config.root_namespace) {
+            return Err(invalid(
+                "rootNamespace".into(),
+                format!("{:?} is not a valid namespace name", config.root_namespace),
+            ));
+        }
+        let policies = PolicySet::new(config.policies.clone(), &config.root_namespace)
+            .map_err(|e| invalid(e.path, e.message))?;
         let mount = cgroup::cgroup2_mount().map_err(|e| invalid("bpf.cgroup".into(), e.to_string()))?;
         let attach_cgroup = match &config.bpf.cgroup {
             Some(p) => cgroup::resolve(&mount, p).map_err(|m| invalid("bpf.cgroup".into(), m))?,
@@ -190,6 +202,7 @@ impl MeshState {
                 t.dedup();
                 t
             },
+            policies,
             by_ip,
             by_cgroup,
         })
