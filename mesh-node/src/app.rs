@@ -140,6 +140,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let listeners = tokio::spawn(outbound.run(inputs, stop.clone(), tasks.clone()));
     let hbone = tokio::spawn(inbound.run(inbound_inputs, stop.clone(), tasks.clone()));
     let renewals = tokio::spawn(secrets.clone().run(stop.clone()));
+    let reloader = tokio::spawn(watch_config(
+        config_path.to_path_buf(),
+        config.clone(),
+        state_tx,
+        datapath.maps.clone(),
+        secrets.clone(),
+        stop.clone(),
+    ));
     info!(
         node = %state.node,
         workloads = state.workloads.len(),
@@ -156,7 +164,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // Stop accepting: from here on, captured connects are refused by the kernel (nothing
     // listens), never sent around the mesh.
     stop.cancel();
-    let _ = tokio::join!(listeners, hbone, renewals);
+    let _ = tokio::join!(listeners, hbone, renewals, reloader);
     tasks.close();
     let drain = config.drain_timeout();
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
@@ -166,7 +174,91 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             "drain deadline passed, closing live connections"
         );
     }
-    drop(state_tx);
     info!("mesh-node stopped");
     Ok(())
+}
+
+/// How often the config file is checked for changes.
+const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Fields that shape listeners, pins and the attach point: changing them needs a restart.
+fn restart_needed(old: &Config, new: &Config) -> Option<&'static str> {
+    fn differ<T: serde::Serialize>(a: &T, b: &T) -> bool {
+        serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+    }
+    [
+        ("node", differ(&old.node, &new.node)),
+        ("trustDomain", differ(&old.trust_domain, &new.trust_domain)),
+        ("capture", differ(&old.capture, &new.capture)),
+        ("bpf", differ(&old.bpf, &new.bpf)),
+        ("identity", differ(&old.identity, &new.identity)),
+        ("hbone", differ(&old.hbone, &new.hbone)),
+        ("nodes", differ(&old.nodes, &new.nodes)),
+    ]
+    .into_iter()
+    .find_map(|(field, changed)| changed.then_some(field))
+}
+
+/// Hot reload: a valid change of the config file takes effect at once (workloads,
+/// enrollment, exclusions, SVIDs, policies, inbound modes); live connections that the
+/// new policy denies are closed by their own tasks. An invalid file is rejected whole
+/// and the config in force stays.
+async fn watch_config(
+    path: std::path::PathBuf,
+    mut current: Config,
+    state_tx: watch::Sender<Arc<MeshState>>,
+    maps: Arc<std::sync::Mutex<crate::ebpf::Maps>>,
+    secrets: Arc<SecretManager>,
+    stop: CancellationToken,
+) {
+    let mut last = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(RELOAD_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let text = std::fs::read(&path).ok();
+        if text == last {
+            continue;
+        }
+        last = text;
+        let (config, state) = match load_state(&path) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "config change rejected, the config in force stays");
+                continue;
+            }
+        };
+        if let Some(field) = restart_needed(&current, &config) {
+            warn!(
+                field,
+                "config change rejected: this field only changes with a restart of mesh-node"
+            );
+            continue;
+        }
+        let identities = match local_identities(&state) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "config change rejected, the config in force stays");
+                continue;
+            }
+        };
+        // SVIDs for new workloads first, so they are never enrolled without one.
+        if let Err(e) = secrets.sync(&identities).await {
+            warn!(error = %e, "config change rejected, the config in force stays");
+            continue;
+        }
+        if let Err(e) = maps.lock().expect("maps lock poisoned").sync(&state) {
+            warn!(error = %e, "writing the new config into the BPF maps failed");
+            continue;
+        }
+        let _ = state_tx.send(Arc::new(state));
+        current = config;
+        info!(
+            policies = current.policies.len(),
+            workloads = current.workloads.len(),
+            "config reloaded"
+        );
+    }
 }

@@ -332,3 +332,73 @@ spec:
     );
     assert!(!lab.bpf_pin_dir(&n1).exists(), "nothing installed");
 }
+
+/// A client that holds its connection open after one echo, and says how it ended.
+const LIVE_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+s.sendall(b"ping")
+print("connected", s.recv(4).decode(), flush=True)
+try:
+    print("closed", "eof" if not s.recv(1) else "data", flush=True)
+except OSError as e:
+    print("closed", e, flush=True)
+"#;
+
+#[test]
+fn reload_closes_live_connections_now_denied_and_rejects_an_invalid_file() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = Lab::new("policy-reload");
+    let (n1, n2) = (lab.add_node(), lab.add_node());
+    let client = lab.add_pod(&n1, "client");
+    let server = lab.add_pod(&n2, "server");
+    let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &server]);
+    let daemons = mesh.start(&lab);
+    let _srv = serve(&lab, &server, "echo", 7001);
+    let target = sock(server.ipv4(), 7001);
+    let live = lab.spawn(
+        client
+            .command("python3")
+            .args(["-u", "-c", LIVE_CLIENT])
+            .args([server.ipv4().to_string(), "7001".to_string()]),
+    );
+    live.wait_stdout("connected ping", T);
+
+    // A valid change: the new DENY policy applies at once and closes the live connection.
+    mesh.policies = policies(DENY_CLIENT);
+    for d in &daemons {
+        std::fs::write(d.config_path(), mesh.yaml(&lab, d.node())).unwrap();
+    }
+    daemons[1].wait_for_log("config reloaded", T);
+    let closed = live.wait_stdout("closed", T);
+    assert!(!closed.contains("data"), "{closed}");
+    daemons[1].wait_for_log("live connection closed: the new config denies it", T);
+    let out = echo(&lab, &client, target, 1000, 1);
+    assert!(
+        !out.success() && results(&out)[0]["received"] == 0,
+        "denied after reload: {out}"
+    );
+
+    // An invalid file is rejected whole; the policy in force stays.
+    let bad = format!("{}\nbogusField: true\n", mesh.yaml(&lab, &n2));
+    std::fs::write(daemons[1].config_path(), bad).unwrap();
+    let line = daemons[1].wait_for_log("config change rejected", T);
+    assert!(line.contains("bogusField"), "{line}");
+    let out = echo(&lab, &client, target, 1000, 1);
+    assert!(
+        !out.success() && results(&out)[0]["received"] == 0,
+        "still denied: {out}"
+    );
+
+    // Removing the policy again lets new connections through.
+    mesh.policies.clear();
+    let from = daemons[1].output().line_count();
+    std::fs::write(daemons[1].config_path(), mesh.yaml(&lab, &n2)).unwrap();
+    daemons[1]
+        .output()
+        .wait_for_line_from(from, |l| l.contains("config reloaded"), T)
+        .unwrap();
+    assert_allowed(&lab, &client, target);
+}

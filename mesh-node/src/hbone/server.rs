@@ -174,18 +174,13 @@ async fn serve_stream(
         .and_then(|v| v.to_str().ok())
         .and_then(super::client::parse_forwarded_for)
         .unwrap_or(peer.ip());
-    let principal = client.uri();
-    let principal = principal.strip_prefix("spiffe://").unwrap_or(&principal);
-    let decision = state.policies.evaluate(&crate::policy::Request {
-        source_principal: Some(principal),
-        source_namespace: Some(&client.namespace),
+    let flow = crate::proxy::Flow {
+        source: client.uri(),
+        source_namespace: client.namespace.clone(),
         source_ip,
-        destination_namespace: &workload.namespace,
-        destination_labels: &workload.labels,
-        destination_port: target.port(),
-    });
-    if !decision.allowed {
-        crate::proxy::log_denied(&client.to_string(), source_ip, workload, target, &decision);
+        target,
+    };
+    if !flow.decide(&state).allowed {
         return respond(send_response, StatusCode::FORBIDDEN);
     }
     debug!(src = %client, %target, "CONNECT");
@@ -210,7 +205,12 @@ async fn serve_stream(
             return;
         }
     };
-    match copy::bidirectional(&mut upstream, send, request.into_body()).await {
+    let copied = tokio::select! {
+        r = copy::bidirectional(&mut upstream, send, request.into_body()) => r,
+        // Dropping the stream resets it: the source daemon resets its client.
+        _ = flow.revoked(inputs.state.clone()) => Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied by a policy change")),
+    };
+    match copied {
         Ok((to_client, from_client)) => debug!(%target, from_client, to_client, "stream closed"),
         Err(e) => {
             let _ = socket2::SockRef::from(&upstream).set_linger(Some(Duration::ZERO));

@@ -103,3 +103,58 @@ pub fn log_denied(
         "connection denied by policy"
     );
 }
+
+/// What policy needs to know about a connection, kept for its lifetime so that it can be
+/// judged again when the config changes.
+pub struct Flow {
+    /// `spiffe://` URI of the verified source identity.
+    pub source: String,
+    pub source_namespace: String,
+    pub source_ip: std::net::IpAddr,
+    pub target: SocketAddr,
+}
+
+impl Flow {
+    /// The decision for this connection under `state`; a target that is no longer a
+    /// workload of this node is denied.
+    pub fn decide(&self, state: &MeshState) -> crate::policy::Decision {
+        let Some((_, workload)) = state
+            .workload_by_ip(self.target.ip())
+            .filter(|(_, w)| w.node == state.node)
+        else {
+            return crate::policy::Decision {
+                allowed: false,
+                policy: None,
+                rule: None,
+                reason: "the destination is no longer a workload of this node".into(),
+            };
+        };
+        let decision = state.policies.evaluate(&crate::policy::Request {
+            source_principal: Some(self.source.strip_prefix("spiffe://").unwrap_or(&self.source)),
+            source_namespace: Some(&self.source_namespace),
+            source_ip: self.source_ip,
+            destination_namespace: &workload.namespace,
+            destination_labels: &workload.labels,
+            destination_port: self.target.port(),
+        });
+        if !decision.allowed {
+            log_denied(&self.source, self.source_ip, workload, self.target, &decision);
+        }
+        decision
+    }
+
+    /// Resolves once a new state denies this live connection (then the caller closes it);
+    /// never resolves while every new state allows it.
+    pub async fn revoked(&self, mut state: watch::Receiver<Arc<MeshState>>) {
+        loop {
+            if state.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let current = state.borrow_and_update().clone();
+            if !self.decide(&current).allowed {
+                tracing::info!(src = %self.source, dst = %self.target, "live connection closed: the new config denies it");
+                return;
+            }
+        }
+    }
+}

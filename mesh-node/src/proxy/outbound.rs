@@ -16,7 +16,7 @@ use tracing::{debug, info_span, warn, Instrument as _};
 use super::{
     bind,
     forward::{self, Upstream},
-    ProxyError, ProxyInputs,
+    Flow, ProxyError, ProxyInputs,
 };
 use crate::hbone::copy;
 use crate::state::{CgroupId, Route};
@@ -116,30 +116,24 @@ async fn handle(
         Route::Passthrough => "passthrough",
     };
     debug!(src = %format_args!("{}/{}", src.namespace, src.name), %dst, route = route_name, "captured");
-    if let Route::Local(workload) = route {
-        // Same node: no tunnel, so this daemon is the destination's and enforces its policy
-        // with the identity it knows from the kernel (the source's cgroup).
-        let principal = workload_principal(&state.trust_domain, src);
-        let decision = state.policies.evaluate(&crate::policy::Request {
-            source_principal: Some(&principal),
-            source_namespace: Some(&src.namespace),
-            source_ip: client.ip(),
-            destination_namespace: &workload.namespace,
-            destination_labels: &workload.labels,
-            destination_port: dst.port(),
-        });
-        if !decision.allowed {
-            super::log_denied(
-                &format!("spiffe://{principal}"),
-                client.ip(),
-                workload,
-                dst,
-                &decision,
-            );
-            reset(&downstream);
-            return Ok(());
+    // Same node: no tunnel, so this daemon is the destination's and enforces its policy
+    // with the identity it knows from the kernel (the source's cgroup).
+    let flow = match route {
+        Route::Local(_) => {
+            let flow = Flow {
+                source: format!("spiffe://{}", workload_principal(&state.trust_domain, src)),
+                source_namespace: src.namespace.clone(),
+                source_ip: client.ip(),
+                target: dst,
+            };
+            if !flow.decide(&state).allowed {
+                reset(&downstream);
+                return Ok(());
+            }
+            Some(flow)
         }
-    }
+        _ => None,
+    };
     downstream.set_nodelay(true)?;
     let upstream = match forward::connect(inputs, src, route, dst, client.ip()).await {
         Ok(s) => s,
@@ -150,7 +144,16 @@ async fn handle(
     };
     let copied = match upstream {
         Upstream::Tcp(mut upstream) => {
-            let r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+            let revoked = async {
+                match &flow {
+                    Some(flow) => flow.revoked(inputs.state.clone()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let r = tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => r,
+                _ = revoked => Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied by a policy change")),
+            };
             if r.is_err() {
                 reset(&upstream);
             }
