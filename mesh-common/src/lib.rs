@@ -27,12 +27,34 @@ pub const MAP_EXCLUDED_PORTS: &str = "MESH_EXCL_PORT";
 pub const MAP_SOCKETS: &str = "MESH_SOCKS";
 /// Per-CPU `u64` counters indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "MESH_COUNTERS";
+/// Kernel fast path of policy: [`VerdictKey`] → `u8` ([`VERDICT_DENY`] or
+/// [`VERDICT_ALLOW`]). Written by the daemon from the policies it can decide at the
+/// source; read by `connect4`/`connect6`, which refuse a denied connect with EPERM.
+pub const MAP_VERDICTS: &str = "MESH_VERDICT";
+pub const VERDICT_DENY: u8 = 1;
+pub const VERDICT_ALLOW: u8 = 2;
+pub const MAX_VERDICTS: u32 = 65_536;
+
+/// (source workload's cgroup, destination address, destination port). Port 0 means "any
+/// port without an entry of its own".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VerdictKey {
+    pub cgroup_id: u64,
+    /// Network byte order, IPv4 in word 0.
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+    pub _pad: u32,
+}
+
 /// Sources that may open TCP connections to enrolled workloads in STRICT mode: the
 /// addresses this node's daemon connects from. [`IpKey`] → `u8` (1).
 pub const MAP_TRUSTED_SOURCES: &str = "MESH_TRUSTED";
 
 /// Every map, in the order the daemon pins and reports them.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_ENROLLED,
     MAP_ORIG_BY_COOKIE,
     MAP_ORIG_BY_TUPLE,
@@ -43,6 +65,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_SOCKETS,
     MAP_COUNTERS,
     MAP_TRUSTED_SOURCES,
+    MAP_VERDICTS,
 ];
 
 /// Capacities. Changing one changes the pinned map layout: a daemon refuses to adopt
@@ -154,13 +177,15 @@ pub enum Counter {
     BypassDropped = 7,
     /// Connection attempts to a PERMISSIVE workload from outside the mesh, let through.
     BypassAllowed = 8,
+    /// Connects refused by the policy fast path (EPERM at `connect`).
+    PolicyDenied = 9,
 }
 
 /// Room for counters to come without changing the pinned map's layout.
 pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 10] = [
         Counter::CapturedV4,
         Counter::CapturedV6,
         Counter::Excluded,
@@ -170,6 +195,7 @@ impl Counter {
         Counter::SkMsgBytes,
         Counter::BypassDropped,
         Counter::BypassAllowed,
+        Counter::PolicyDenied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -183,6 +209,7 @@ impl Counter {
             Counter::SkMsgBytes => "sk_msg_bytes",
             Counter::BypassDropped => "bypass_dropped",
             Counter::BypassAllowed => "bypass_allowed",
+            Counter::PolicyDenied => "policy_denied",
         }
     }
 }
@@ -201,4 +228,6 @@ mod user {
     unsafe impl aya::Pod for Settings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for IpKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VerdictKey {}
 }

@@ -28,9 +28,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use mesh_common::{
-    Counter, IpKey, OrigDst, Settings, SockKey, Workload, AF_INET, AF_INET6, COUNTER_SLOTS, MAX_EXCLUSIONS,
-    MAX_PENDING_CONNECTIONS, MAX_SOCKETS, MAX_TRUSTED_SOURCES, MAX_WORKLOADS, SETTINGS_HAS_V4,
-    SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP, WORKLOAD_STRICT,
+    Counter, IpKey, OrigDst, Settings, SockKey, VerdictKey, Workload, AF_INET, AF_INET6, COUNTER_SLOTS,
+    MAX_EXCLUSIONS, MAX_PENDING_CONNECTIONS, MAX_SOCKETS, MAX_TRUSTED_SOURCES, MAX_VERDICTS, MAX_WORKLOADS,
+    SETTINGS_HAS_V4, SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP, VERDICT_DENY, WORKLOAD_STRICT,
 };
 
 /// cgroup id → enrolled workload. Written by the daemon.
@@ -69,6 +69,30 @@ static SOCKETS: SockHash<SockKey> = SockHash::pinned(MAX_SOCKETS, 0);
 /// Per-CPU counters indexed by `mesh_common::Counter`. Written by every program.
 #[map(name = "MESH_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// Policy verdicts the source node can decide. Written by the daemon.
+#[map(name = "MESH_VERDICT")]
+static VERDICTS: HashMap<VerdictKey, u8> = HashMap::pinned(MAX_VERDICTS, 0);
+
+/// Whether policy denies this connect: an entry for the exact port decides, else the
+/// destination's any-port entry.
+#[inline(always)]
+fn policy_denies(cgroup_id: u64, addr: [u32; 4], family: u16, port: u16) -> bool {
+    let mut key = VerdictKey {
+        cgroup_id,
+        addr,
+        port,
+        family,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(v) = unsafe { VERDICTS.get(&key) }.copied() {
+        return v == VERDICT_DENY;
+    }
+    key.port = 0;
+    // SAFETY: as above.
+    unsafe { VERDICTS.get(&key) }.copied() == Some(VERDICT_DENY)
+}
 
 /// Addresses this node's daemon connects to workloads from. Written by the daemon.
 #[map(name = "MESH_TRUSTED")]
@@ -176,6 +200,10 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
         _pad: 0,
         cgroup_id,
     };
+    if policy_denies(orig.cgroup_id, orig.addr, orig.family, orig.port) {
+        count(Counter::PolicyDenied, 1);
+        return Err(REFUSE);
+    }
     if !remember(ctx, orig) {
         count(Counter::Refused, 1);
         return Err(REFUSE);
@@ -256,6 +284,10 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
         };
         (orig, settings.capture_v6)
     };
+    if policy_denies(orig.cgroup_id, orig.addr, orig.family, orig.port) {
+        count(Counter::PolicyDenied, 1);
+        return Err(REFUSE);
+    }
     if !remember(ctx, orig) {
         count(Counter::Refused, 1);
         return Err(REFUSE);

@@ -157,7 +157,7 @@ pub struct CaptureConfig {
     pub port: Option<u16>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BpfConfig {
     /// Where programs and maps are pinned (on bpffs). Default /sys/fs/bpf/mesh.
@@ -171,6 +171,21 @@ pub struct BpfConfig {
     /// return EAGAIN early, which breaks ordinary applications.
     #[serde(default)]
     pub socket_map: bool,
+    /// Refuse, in `connect()` with EPERM, the connections that policy denies and that this
+    /// node can already decide (the destination daemon enforces them all anyway).
+    #[serde(default = "yes")]
+    pub policy_fast_path: bool,
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        BpfConfig {
+            pin_dir: None,
+            cgroup: None,
+            socket_map: false,
+            policy_fast_path: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -532,7 +547,12 @@ workloads:
 
     #[test]
     fn good_config_validates() {
-        Config::parse(GOOD).unwrap().validate().unwrap();
+        let c = Config::parse(GOOD).unwrap();
+        c.validate().unwrap();
+        assert!(
+            c.bpf.policy_fast_path,
+            "the policy fast path is on unless turned off"
+        );
     }
 
     #[test]

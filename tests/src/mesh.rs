@@ -54,6 +54,9 @@ pub struct MeshSpec {
     pub remote_ca: bool,
     /// Authorization policies, written into every node's config.
     pub policies: Vec<mesh_node::policy::AuthorizationPolicy>,
+    /// The kernel's policy fast path (on by default, as in the daemon); tests of the
+    /// destination's enforcement turn it off so that denied connections reach it.
+    pub policy_fast_path: bool,
 }
 
 impl MeshSpec {
@@ -64,6 +67,7 @@ impl MeshSpec {
             exclusions: Exclusions::default(),
             svid_ttl: None,
             remote_ca: false,
+            policy_fast_path: true,
             policies: Vec::new(),
         }
     }
@@ -137,6 +141,7 @@ impl MeshSpec {
                 pin_dir: Some(lab.bpf_pin_dir(node)),
                 cgroup: Some(node.cgroup_path().to_path_buf()),
                 socket_map: false,
+                policy_fast_path: self.policy_fast_path,
             },
             exclusions: self.exclusions.clone(),
             // Either the remote CA, or one root shared by the lab's nodes' in-process CAs

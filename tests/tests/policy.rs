@@ -65,6 +65,7 @@ fn allow_by_principal_admits_it_and_denies_others() {
     let other = lab.add_pod(&n1, "other");
     let server = lab.add_pod(&n2, "server");
     let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &other, &server]);
+    mesh.policy_fast_path = false;
     mesh.policies = policies(
         r#"
 apiVersion: security.istio.io/v1
@@ -96,6 +97,7 @@ fn deny_by_principal() {
     let other = lab.add_pod(&n1, "other");
     let server = lab.add_pod(&n2, "server");
     let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &other, &server]);
+    mesh.policy_fast_path = false;
     mesh.policies = policies(DENY_CLIENT);
     let daemons = mesh.start(&lab);
     let srv = serve(&lab, &server, "echo", 7001);
@@ -121,6 +123,7 @@ fn deny_by_namespace() {
     let client = lab.add_pod(&n1, "client");
     let server = lab.add_pod(&n2, "server");
     let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &server]);
+    mesh.policy_fast_path = false;
     mesh.workloads[0] = MeshWorkload::new(&client).namespace("team-a");
     mesh.policies = policies(
         r#"
@@ -153,6 +156,7 @@ fn deny_by_port_denies_only_that_port() {
     let client = lab.add_pod(&n1, "client");
     let server = lab.add_pod(&n2, "server");
     let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &server]);
+    mesh.policy_fast_path = false;
     mesh.policies = policies(
         r#"
 metadata: { name: no-7001, namespace: default }
@@ -188,6 +192,7 @@ fn deny_by_ip_block_uses_the_source_pod_address() {
     let other = lab.add_pod(&n1, "other");
     let server = lab.add_pod(&n2, "server");
     let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &other, &server]);
+    mesh.policy_fast_path = false;
     mesh.policies = policies(&format!(
         r#"
 metadata: {{ name: no-client-ip, namespace: default }}
@@ -223,6 +228,7 @@ fn allow_policy_without_a_matching_rule_denies_by_default() {
     let client = lab.add_pod(&n1, "client");
     let server = lab.add_pod(&n2, "server");
     let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &server]);
+    mesh.policy_fast_path = false;
     mesh.policies = policies(
         r#"
 metadata: { name: only-admin, namespace: default }
@@ -254,6 +260,7 @@ fn root_namespace_policy_applies_mesh_wide() {
     let client = lab.add_pod(&n1, "client");
     let server = lab.add_pod(&n2, "server");
     let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &server]);
+    mesh.policy_fast_path = false;
     mesh.workloads[1] = MeshWorkload::new(&server).namespace("shop");
     mesh.policies = policies(
         r#"
@@ -287,6 +294,7 @@ fn same_node_deny_is_enforced_by_the_local_daemon() {
     let other = lab.add_pod(&n1, "other");
     let server = lab.add_pod(&n1, "server");
     let mut mesh = MeshSpec::new(&[&n1], &[&client, &other, &server]);
+    mesh.policy_fast_path = false;
     mesh.policies = policies(DENY_CLIENT);
     let daemons = mesh.start(&lab);
     let srv = serve(&lab, &server, "echo", 7001);
@@ -311,6 +319,7 @@ fn an_l7_field_rejects_the_config_naming_its_path() {
     let n1 = lab.add_node();
     let a = lab.add_pod(&n1, "a");
     let mut mesh = MeshSpec::new(&[&n1], &[&a]);
+    mesh.policy_fast_path = false;
     mesh.policies = policies(
         r#"
 metadata: { name: l7, namespace: default }
@@ -355,6 +364,7 @@ fn reload_closes_live_connections_now_denied_and_rejects_an_invalid_file() {
     let client = lab.add_pod(&n1, "client");
     let server = lab.add_pod(&n2, "server");
     let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &server]);
+    mesh.policy_fast_path = false;
     let daemons = mesh.start(&lab);
     let _srv = serve(&lab, &server, "echo", 7001);
     let target = sock(server.ipv4(), 7001);
@@ -401,4 +411,55 @@ fn reload_closes_live_connections_now_denied_and_rejects_an_invalid_file() {
         .wait_for_line_from(from, |l| l.contains("config reloaded"), T)
         .unwrap();
     assert_allowed(&lab, &client, target);
+}
+
+#[test]
+fn fast_path_refuses_a_denied_connect_with_eperm_before_any_packet() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = Lab::new("policy-fast-path");
+    let (n1, n2) = (lab.add_node(), lab.add_node());
+    let client = lab.add_pod(&n1, "client");
+    let other = lab.add_pod(&n1, "other");
+    let server = lab.add_pod(&n2, "server");
+    let mut mesh = MeshSpec::new(&[&n1, &n2], &[&client, &other, &server]);
+    mesh.policies = policies(DENY_CLIENT);
+    let daemons = mesh.start(&lab);
+    let srv = serve(&lab, &server, "echo", 7001);
+    for target in [sock(server.ipv4(), 7001), sock(server.ipv6(), 7001)] {
+        let out = echo(&lab, &client, target, 1000, 1);
+        assert!(!out.success(), "{out}");
+        let error = results(&out)[0]["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            error.contains("connect") && error.contains("os error 1)"),
+            "EPERM at connect: {out}"
+        );
+    }
+    let c = counters(&lab, &n1);
+    assert_eq!(c["policy_denied"], 2, "{c}");
+    // Nothing was captured, so nothing left the client pod towards the mesh.
+    assert_eq!(c["captured_v4"], 0, "{c}");
+    assert_eq!(c["captured_v6"], 0, "{c}");
+    assert!(
+        !daemons[1].logs().contains("connection denied by policy"),
+        "the denied connect reached node2"
+    );
+    assert_allowed(&lab, &other, sock(server.ipv4(), 7001));
+    assert!(
+        srv.stdout().text().matches("accepted").count() == 1,
+        "{}",
+        srv.stdout().text()
+    );
+
+    // The verdict map follows a reload: without the policy, the client gets through.
+    mesh.policies.clear();
+    for d in &daemons {
+        let from = d.output().line_count();
+        std::fs::write(d.config_path(), mesh.yaml(&lab, d.node())).unwrap();
+        d.output()
+            .wait_for_line_from(from, |l| l.contains("config reloaded"), T)
+            .unwrap();
+    }
+    assert_allowed(&lab, &client, sock(server.ipv4(), 7001));
 }

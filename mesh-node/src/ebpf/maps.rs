@@ -12,9 +12,10 @@ use aya::maps::{
 };
 use ipnet::IpNet;
 use mesh_common::{
-    Counter, IpKey, OrigDst, Settings, SockKey, Workload, AF_INET, AF_INET6, MAP_COUNTERS, MAP_ENROLLED,
-    MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4, MAP_EXCLUDED_V6, MAP_ORIG_BY_TUPLE, MAP_SETTINGS,
-    MAP_TRUSTED_SOURCES, SETTINGS_HAS_V4, SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP, WORKLOAD_STRICT,
+    Counter, IpKey, OrigDst, Settings, SockKey, VerdictKey, Workload, AF_INET, AF_INET6, MAP_COUNTERS,
+    MAP_ENROLLED, MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4, MAP_EXCLUDED_V6, MAP_ORIG_BY_TUPLE, MAP_SETTINGS,
+    MAP_TRUSTED_SOURCES, MAP_VERDICTS, SETTINGS_HAS_V4, SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP,
+    WORKLOAD_STRICT,
 };
 
 use super::DatapathError;
@@ -32,6 +33,7 @@ pub struct Maps {
     excluded_ports: HashMap<MapData, u16, u8>,
     counters: PerCpuArray<MapData, u64>,
     trusted_sources: HashMap<MapData, IpKey, u8>,
+    verdicts: HashMap<MapData, VerdictKey, u8>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -98,6 +100,10 @@ impl Maps {
                 .take(MAP_TRUSTED_SOURCES)?
                 .try_into()
                 .map_err(map_err(MAP_TRUSTED_SOURCES))?,
+            verdicts: src
+                .take(MAP_VERDICTS)?
+                .try_into()
+                .map_err(map_err(MAP_VERDICTS))?,
         })
     }
 
@@ -154,6 +160,26 @@ impl Maps {
             self.trusted_sources
                 .remove(&k)
                 .map_err(map_err(MAP_TRUSTED_SOURCES))?;
+        }
+
+        // Verdicts before enrollment, so a newly enrolled workload is never without them.
+        let verdicts = super::verdicts::compute(state).unwrap_or_else(|| {
+            tracing::warn!(
+                "too many policy verdicts for the kernel map: fast path off, destinations still enforce"
+            );
+            std::collections::HashMap::new()
+        });
+        let stale: Vec<VerdictKey> = self
+            .verdicts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !verdicts.contains_key(k))
+            .collect();
+        for (k, v) in &verdicts {
+            self.verdicts.insert(k, v, 0).map_err(map_err(MAP_VERDICTS))?;
+        }
+        for k in stale {
+            self.verdicts.remove(&k).map_err(map_err(MAP_VERDICTS))?;
         }
 
         let wanted: BTreeMap<u64, Workload> = state

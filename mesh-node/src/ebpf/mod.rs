@@ -8,6 +8,7 @@
 //! without programs (and, with no daemon listening, their connects are refused).
 mod bpffs;
 pub mod maps;
+mod verdicts;
 
 use std::{
     fs::File,

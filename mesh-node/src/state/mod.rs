@@ -72,6 +72,8 @@ pub struct MeshState {
     pub excluded_ports: Vec<u16>,
     /// Captured sockets go into the kernel socket map (and `sk_msg` counts their bytes).
     pub socket_map: bool,
+    /// Write policy verdicts for the kernel fast path.
+    pub policy_fast_path: bool,
     /// Sources treated as this node's daemon by STRICT workloads: every address of the
     /// node's network namespace, plus `inbound.trustedSources`.
     pub trusted_sources: Vec<IpAddr>,
@@ -190,6 +192,7 @@ impl MeshState {
                 .collect(),
             excluded_ports,
             socket_map: config.bpf.socket_map,
+            policy_fast_path: config.bpf.policy_fast_path,
             trusted_sources: {
                 let mut t = netns_addresses().map_err(|e| {
                     invalid(
