@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use crate::{
     ca as mesh_ca,
-    config::Config,
+    config::{Config, DEFAULT_METRICS_PORT},
     ebpf::Datapath,
     hbone::{
         client::Pool,
@@ -101,6 +101,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .map(|ip| SocketAddr::new(*ip, config.hbone_port()))
         .collect();
     let inbound = Inbound::new(&hbone_addrs)?;
+    let metrics_listener = crate::proxy::bind(SocketAddr::from(([0, 0, 0, 0], DEFAULT_METRICS_PORT)))?;
+    let metrics = crate::metrics::Metrics::new();
 
     let (issuer, bundle) = issuer(&config, &state.trust_domain).await?;
     let secrets = SecretManager::new(issuer, bundle.clone(), config.svid_ttl());
@@ -128,15 +130,29 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             config.hbone.reuse_connections,
         ),
         hbone_port: config.hbone_port(),
+        metrics: metrics.clone(),
     });
     let inbound_inputs = Arc::new(InboundInputs {
         state: state_rx,
         tls: server_tls,
         connect_timeout: config.connect_timeout(),
+        metrics: metrics.clone(),
     });
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    // Serving metrics outlives the drain, so it gets a token of its own.
+    let stop_serving = CancellationToken::new();
+    let metrics_server = tokio::spawn(crate::admin::http::serve_metrics(
+        metrics_listener,
+        metrics.clone(),
+        stop_serving.clone(),
+    ));
+    let kernel_counters = tokio::spawn(export_kernel_counters(
+        datapath.maps.clone(),
+        metrics,
+        stop.clone(),
+    ));
     let listeners = tokio::spawn(outbound.run(inputs, stop.clone(), tasks.clone()));
     let hbone = tokio::spawn(inbound.run(inbound_inputs, stop.clone(), tasks.clone()));
     let renewals = tokio::spawn(secrets.clone().run(stop.clone()));
@@ -164,7 +180,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // Stop accepting: from here on, captured connects are refused by the kernel (nothing
     // listens), never sent around the mesh.
     stop.cancel();
-    let _ = tokio::join!(listeners, hbone, renewals, reloader);
+    let _ = tokio::join!(listeners, hbone, renewals, reloader, kernel_counters);
     tasks.close();
     let drain = config.drain_timeout();
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
@@ -174,6 +190,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             "drain deadline passed, closing live connections"
         );
     }
+    stop_serving.cancel();
+    let _ = metrics_server.await;
     info!("mesh-node stopped");
     Ok(())
 }
@@ -260,5 +278,28 @@ async fn watch_config(
             workloads = current.workloads.len(),
             "config reloaded"
         );
+    }
+}
+
+/// Copies the kernel's absolute counters into the metrics every few seconds (absolute
+/// values: a restart never double counts, the pinned maps keep the totals).
+async fn export_kernel_counters(
+    maps: Arc<std::sync::Mutex<crate::ebpf::Maps>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let counters = maps.lock().expect("maps lock poisoned").counters();
+        match counters {
+            Ok(counters) => counters
+                .iter()
+                .for_each(|(name, v)| metrics.set_kernel_counter(name, *v)),
+            Err(e) => warn!(error = %e, "reading kernel counters failed"),
+        }
     }
 }

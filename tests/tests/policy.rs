@@ -111,6 +111,23 @@ fn deny_by_principal() {
         "policy=default/deny-client rule=0",
     );
     assert_allowed(&lab, &other, target);
+    // Both decisions are counted by the destination's daemon.
+    let out = lab.run(
+        n2.command("curl")
+            .args(["-sS", &format!("http://{}:15020/metrics", n2.ipv4())]),
+        T,
+    );
+    assert!(out.success(), "{out}");
+    for line in [
+        "mesh_policy_decisions_total{verdict=\"deny\"} 1",
+        "mesh_policy_decisions_total{verdict=\"allow\"} 1",
+    ] {
+        assert!(
+            out.stdout.contains(line),
+            "metrics should show {line}:\n{}",
+            out.stdout
+        );
+    }
 }
 
 #[test]

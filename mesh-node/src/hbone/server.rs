@@ -22,6 +22,7 @@ pub struct InboundInputs {
     pub state: watch::Receiver<Arc<MeshState>>,
     pub tls: Arc<rustls::ServerConfig>,
     pub connect_timeout: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub struct Inbound {
@@ -180,7 +181,9 @@ async fn serve_stream(
         source_ip,
         target,
     };
-    if !flow.decide(&state).allowed {
+    let decision = flow.decide(&state);
+    inputs.metrics.policy_decision(decision.allowed);
+    if !decision.allowed {
         return respond(send_response, StatusCode::FORBIDDEN);
     }
     debug!(src = %client, %target, "CONNECT");

@@ -29,6 +29,7 @@ pub struct ProxyInputs {
     pub secrets: Arc<SecretManager>,
     pub pool: Pool,
     pub hbone_port: u16,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]

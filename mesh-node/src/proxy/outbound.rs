@@ -126,7 +126,9 @@ async fn handle(
                 source_ip: client.ip(),
                 target: dst,
             };
-            if !flow.decide(&state).allowed {
+            let decision = flow.decide(&state);
+            inputs.metrics.policy_decision(decision.allowed);
+            if !decision.allowed {
                 reset(&downstream);
                 return Ok(());
             }
