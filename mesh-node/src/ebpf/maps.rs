@@ -129,9 +129,9 @@ impl Maps {
         }
         self.settings.set(0, settings, 0).map_err(map_err(MAP_SETTINGS))?;
 
-        sync_set(
+        sync_hash(
             &mut self.excluded_ports,
-            state.excluded_ports.iter().copied().collect(),
+            &state.excluded_ports.iter().map(|p| (*p, 1)).collect(),
             MAP_EXCLUDED_PORTS,
         )?;
         let (mut v4, mut v6) = (HashSet::new(), HashSet::new());
@@ -144,23 +144,8 @@ impl Maps {
         sync_lpm(&mut self.excluded_v4, v4, MAP_EXCLUDED_V4)?;
         sync_lpm(&mut self.excluded_v6, v6, MAP_EXCLUDED_V6)?;
 
-        let trusted: HashSet<IpKey> = state.trusted_sources.iter().map(|ip| ip_key(*ip)).collect();
-        let stale: Vec<IpKey> = self
-            .trusted_sources
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !trusted.contains(k))
-            .collect();
-        for k in &trusted {
-            self.trusted_sources
-                .insert(k, 1, 0)
-                .map_err(map_err(MAP_TRUSTED_SOURCES))?;
-        }
-        for k in stale {
-            self.trusted_sources
-                .remove(&k)
-                .map_err(map_err(MAP_TRUSTED_SOURCES))?;
-        }
+        let trusted = state.trusted_sources.iter().map(|ip| (ip_key(*ip), 1)).collect();
+        sync_hash(&mut self.trusted_sources, &trusted, MAP_TRUSTED_SOURCES)?;
 
         // Verdicts before enrollment, so a newly enrolled workload is never without them.
         let verdicts = super::verdicts::compute(state).unwrap_or_else(|| {
@@ -169,20 +154,9 @@ impl Maps {
             );
             std::collections::HashMap::new()
         });
-        let stale: Vec<VerdictKey> = self
-            .verdicts
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !verdicts.contains_key(k))
-            .collect();
-        for (k, v) in &verdicts {
-            self.verdicts.insert(k, v, 0).map_err(map_err(MAP_VERDICTS))?;
-        }
-        for k in stale {
-            self.verdicts.remove(&k).map_err(map_err(MAP_VERDICTS))?;
-        }
+        sync_hash(&mut self.verdicts, &verdicts, MAP_VERDICTS)?;
 
-        let wanted: BTreeMap<u64, Workload> = state
+        let wanted: std::collections::HashMap<u64, Workload> = state
             .local_cgroups()
             .map(|(CgroupId(cg), id)| {
                 let strict = state.workload(id).inbound_mode == InboundMode::Strict;
@@ -195,19 +169,7 @@ impl Maps {
                 )
             })
             .collect();
-        let stale: Vec<u64> = self
-            .enrolled
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted.contains_key(k))
-            .collect();
-        for (cg, w) in &wanted {
-            self.enrolled.insert(cg, w, 0).map_err(map_err(MAP_ENROLLED))?;
-        }
-        for cg in stale {
-            self.enrolled.remove(&cg).map_err(map_err(MAP_ENROLLED))?;
-        }
-        Ok(())
+        sync_hash(&mut self.enrolled, &wanted, MAP_ENROLLED)
     }
 
     /// Takes (looks up and deletes) the original destination of an accepted connection.
@@ -254,18 +216,24 @@ impl Maps {
     }
 }
 
-fn sync_set(
-    map: &mut HashMap<MapData, u16, u8>,
-    wanted: HashSet<u16>,
+/// Makes a hash map hold exactly `wanted`: inserts (or updates) every entry, then removes
+/// the keys no longer wanted, so that a reader never sees a wanted entry missing.
+fn sync_hash<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    wanted: &std::collections::HashMap<K, V>,
     name: &'static str,
-) -> Result<(), DatapathError> {
-    let stale: Vec<u16> = map
+) -> Result<(), DatapathError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let stale: Vec<K> = map
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| !wanted.contains(k))
+        .filter(|k| !wanted.contains_key(k))
         .collect();
-    for k in &wanted {
-        map.insert(k, 1, 0).map_err(map_err(name))?;
+    for (k, v) in wanted {
+        map.insert(k, v, 0).map_err(map_err(name))?;
     }
     for k in stale {
         map.remove(&k).map_err(map_err(name))?;
