@@ -72,6 +72,8 @@ pub enum SecretError {
 struct Entry {
     svid: Svid,
     key: Arc<CertifiedKey>,
+    /// `identity.sni()`, computed once: the TLS server looks it up on every handshake.
+    sni: String,
     /// When to try renewing next.
     renew_at: SystemTime,
     failures: u32,
@@ -138,6 +140,7 @@ impl SecretManager {
         info!(%identity, not_after = ?svid.not_after, "SVID issued");
         Ok(Entry {
             renew_at: renewal_time(&svid),
+            sni: identity.sni(),
             svid,
             key: certified,
             failures: 0,
@@ -259,7 +262,7 @@ impl SvidSource for SecretManager {
         let entries = self.entries.read().expect("secrets lock");
         entries
             .iter()
-            .find(|(identity, e)| identity.sni() == sni && !e.svid.expired_at(now))
+            .find(|(_, e)| e.sni == sni && !e.svid.expired_at(now))
             .map(|(_, e)| e.key.clone())
     }
 }
