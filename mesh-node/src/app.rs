@@ -39,7 +39,7 @@ fn local_identities(state: &MeshState) -> anyhow::Result<BTreeSet<Identity>> {
         .iter()
         .filter(|w| w.node == state.node)
         .map(|w| {
-            Identity::new(&state.trust_domain, &w.namespace, &w.service_account)
+            w.identity(&state.trust_domain)
                 .with_context(|| format!("identity of workload {}/{}", w.namespace, w.name))
         })
         .collect()
@@ -241,36 +241,13 @@ async fn watch_config(
             continue;
         }
         last = text;
-        let (config, state) = match load_state(&path) {
-            Ok(loaded) => loaded,
+        let (config, state) = match apply_change(&path, &current, &secrets, &maps).await {
+            Ok(applied) => applied,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "config change rejected, the config in force stays");
                 continue;
             }
         };
-        if let Some(field) = restart_needed(&current, &config) {
-            warn!(
-                field,
-                "config change rejected: this field only changes with a restart of mesh-node"
-            );
-            continue;
-        }
-        let identities = match local_identities(&state) {
-            Ok(i) => i,
-            Err(e) => {
-                warn!(error = %format!("{e:#}"), "config change rejected, the config in force stays");
-                continue;
-            }
-        };
-        // SVIDs for new workloads first, so they are never enrolled without one.
-        if let Err(e) = secrets.sync(&identities).await {
-            warn!(error = %e, "config change rejected, the config in force stays");
-            continue;
-        }
-        if let Err(e) = maps.lock().expect("maps lock poisoned").sync(&state) {
-            warn!(error = %e, "writing the new config into the BPF maps failed");
-            continue;
-        }
         let _ = state_tx.send(Arc::new(state));
         current = config;
         info!(
@@ -279,6 +256,27 @@ async fn watch_config(
             "config reloaded"
         );
     }
+}
+
+/// Checks a changed config file and applies it to SVIDs and the BPF maps; the caller
+/// then publishes the new state.
+async fn apply_change(
+    path: &Path,
+    current: &Config,
+    secrets: &SecretManager,
+    maps: &std::sync::Mutex<crate::ebpf::Maps>,
+) -> anyhow::Result<(Config, MeshState)> {
+    let (config, state) = load_state(path)?;
+    if let Some(field) = restart_needed(current, &config) {
+        anyhow::bail!("field `{field}` only changes with a restart of mesh-node");
+    }
+    // SVIDs for new workloads first, so they are never enrolled without one.
+    secrets.sync(&local_identities(&state)?).await?;
+    maps.lock()
+        .expect("maps lock poisoned")
+        .sync(&state)
+        .context("writing the new config into the BPF maps")?;
+    Ok((config, state))
 }
 
 /// Copies the kernel's absolute counters into the metrics every few seconds (absolute

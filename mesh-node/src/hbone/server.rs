@@ -159,11 +159,7 @@ async fn serve_stream(
         warn!(%target, "CONNECT to an address that is not a workload of this node: 400");
         return respond(send_response, StatusCode::BAD_REQUEST);
     };
-    let identity = Identity::new(
-        &state.trust_domain,
-        &workload.namespace,
-        &workload.service_account,
-    );
+    let identity = workload.identity(&state.trust_domain);
     if identity.as_ref().map(|i| i.sni()).ok().as_deref() != Some(sni) {
         warn!(%target, "CONNECT target does not match the identity the tunnel was opened for: 400");
         return respond(send_response, StatusCode::BAD_REQUEST);

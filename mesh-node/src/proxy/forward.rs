@@ -50,8 +50,8 @@ pub async fn connect(
     }
 }
 
-fn identity_of(trust_domain: &str, w: &Workload) -> Result<Identity, ProxyError> {
-    Identity::new(trust_domain, &w.namespace, &w.service_account).map_err(|e| ProxyError::BadIdentity {
+pub(super) fn identity_of(trust_domain: &str, w: &Workload) -> Result<Identity, ProxyError> {
+    w.identity(trust_domain).map_err(|e| ProxyError::BadIdentity {
         workload: format!("{}/{}", w.namespace, w.name),
         message: e.to_string(),
     })

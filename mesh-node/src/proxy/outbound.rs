@@ -121,7 +121,7 @@ async fn handle(
     let flow = match route {
         Route::Local(_) => {
             let flow = Flow {
-                source: format!("spiffe://{}", workload_principal(&state.trust_domain, src)),
+                source: forward::identity_of(&state.trust_domain, src)?.uri(),
                 source_namespace: src.namespace.clone(),
                 source_ip: client.ip(),
                 target: dst,
@@ -179,9 +179,4 @@ async fn handle(
 /// Makes the next close send RST instead of FIN.
 fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
-}
-
-/// `<trust-domain>/ns/<namespace>/sa/<service-account>`: a principal as policies write it.
-fn workload_principal(trust_domain: &str, w: &crate::state::Workload) -> String {
-    format!("{trust_domain}/ns/{}/sa/{}", w.namespace, w.service_account)
 }

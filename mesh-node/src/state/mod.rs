@@ -35,12 +35,13 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// SPIFFE ID of the workload.
-    pub fn identity(&self, trust_domain: &str) -> String {
-        format!(
-            "spiffe://{trust_domain}/ns/{}/sa/{}",
-            self.namespace, self.service_account
-        )
+    /// The workload's SPIFFE identity. Config validation checks the names, so this only
+    /// fails for a state built around validation.
+    pub fn identity(
+        &self,
+        trust_domain: &str,
+    ) -> Result<crate::identity::Identity, crate::identity::IdentityError> {
+        crate::identity::Identity::new(trust_domain, &self.namespace, &self.service_account)
     }
 }
 
