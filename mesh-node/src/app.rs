@@ -7,8 +7,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
+    admin::{daemon::DaemonAdmin, serving, LogControl},
     ca as mesh_ca,
-    config::{Config, DEFAULT_METRICS_PORT},
+    config::Config,
     ebpf::Datapath,
     hbone::{
         client::Pool,
@@ -20,7 +21,7 @@ use crate::{
         tls::SharedBundle,
         Identity, TrustBundle,
     },
-    proxy::{outbound::Outbound, ProxyInputs},
+    proxy::{connections::Connections, outbound::Outbound, ProxyInputs},
     secrets::{Issuer, SecretManager},
     state::MeshState,
 };
@@ -101,8 +102,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .map(|ip| SocketAddr::new(*ip, config.hbone_port()))
         .collect();
     let inbound = Inbound::new(&hbone_addrs)?;
-    let metrics_listener = crate::proxy::bind(SocketAddr::from(([0, 0, 0, 0], DEFAULT_METRICS_PORT)))?;
+    let surfaces = serving::Surfaces::bind(&config)?;
     let metrics = crate::metrics::Metrics::new();
+    let connections = Connections::new(metrics.clone());
 
     let (issuer, bundle) = issuer(&config, &state.trust_domain).await?;
     let secrets = SecretManager::new(issuer, bundle.clone(), config.svid_ttl());
@@ -128,30 +130,44 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             bundle.clone(),
             state.trust_domain.clone(),
             config.hbone.reuse_connections,
-        ),
+        )
+        .with_metrics(metrics.clone()),
         hbone_port: config.hbone_port(),
         metrics: metrics.clone(),
+        connections: connections.clone(),
     });
+    let admin = DaemonAdmin::new(
+        config.clone(),
+        state_rx.clone(),
+        connections.clone(),
+        secrets.clone(),
+    );
+    admin.set_state_loaded();
+    admin.set_programs_attached(datapath.attached());
     let inbound_inputs = Arc::new(InboundInputs {
         state: state_rx,
         tls: server_tls,
         connect_timeout: config.connect_timeout(),
         metrics: metrics.clone(),
+        connections,
     });
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    // Serving metrics outlives the drain, so it gets a token of its own.
+    // The operator surfaces outlive the drain (readiness says "draining" meanwhile), so
+    // they get a token of their own.
     let stop_serving = CancellationToken::new();
-    let metrics_server = tokio::spawn(crate::admin::http::serve_metrics(
-        metrics_listener,
-        metrics.clone(),
-        stop_serving.clone(),
-    ));
-    let kernel_counters = tokio::spawn(export_kernel_counters(
+    let log = LogControl::installed().unwrap_or_else(|| {
+        warn!("no reloadable log filter installed: /logging changes nothing");
+        LogControl::detached("info").expect("a valid filter").0
+    });
+    let mut servers = surfaces.serve(admin.clone(), metrics.clone(), log, stop_serving.clone());
+    let upkeep = tokio::spawn(serving::upkeep(
+        datapath.pin_dir().to_path_buf(),
         datapath.maps.clone(),
         metrics,
-        stop.clone(),
+        admin.clone(),
+        stop_serving.clone(),
     ));
     let listeners = tokio::spawn(outbound.run(inputs, stop.clone(), tasks.clone()));
     let hbone = tokio::spawn(inbound.run(inbound_inputs, stop.clone(), tasks.clone()));
@@ -162,6 +178,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         state_tx,
         datapath.maps.clone(),
         secrets.clone(),
+        admin.clone(),
         stop.clone(),
     ));
     info!(
@@ -177,10 +194,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         _ = term.recv() => info!("SIGTERM: draining"),
         _ = int.recv() => info!("SIGINT: draining"),
     }
+    admin.set_draining();
     // Stop accepting: from here on, captured connects are refused by the kernel (nothing
     // listens), never sent around the mesh.
     stop.cancel();
-    let _ = tokio::join!(listeners, hbone, renewals, reloader, kernel_counters);
+    let _ = tokio::join!(listeners, hbone, renewals, reloader);
     tasks.close();
     let drain = config.drain_timeout();
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
@@ -191,7 +209,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     stop_serving.cancel();
-    let _ = metrics_server.await;
+    let _ = upkeep.await;
+    while servers.join_next().await.is_some() {}
     info!("mesh-node stopped");
     Ok(())
 }
@@ -212,6 +231,7 @@ fn restart_needed(old: &Config, new: &Config) -> Option<&'static str> {
         ("identity", differ(&old.identity, &new.identity)),
         ("hbone", differ(&old.hbone, &new.hbone)),
         ("nodes", differ(&old.nodes, &new.nodes)),
+        ("admin", differ(&old.admin, &new.admin)),
     ]
     .into_iter()
     .find_map(|(field, changed)| changed.then_some(field))
@@ -227,6 +247,7 @@ async fn watch_config(
     state_tx: watch::Sender<Arc<MeshState>>,
     maps: Arc<std::sync::Mutex<crate::ebpf::Maps>>,
     secrets: Arc<SecretManager>,
+    admin: Arc<DaemonAdmin>,
     stop: CancellationToken,
 ) {
     let mut last = std::fs::read(&path).ok();
@@ -249,6 +270,7 @@ async fn watch_config(
             }
         };
         let _ = state_tx.send(Arc::new(state));
+        admin.set_config(config.clone());
         current = config;
         info!(
             policies = current.policies.len(),
@@ -277,27 +299,4 @@ async fn apply_change(
         .sync(&state)
         .context("writing the new config into the BPF maps")?;
     Ok((config, state))
-}
-
-/// Copies the kernel's absolute counters into the metrics every few seconds (absolute
-/// values: a restart never double counts, the pinned maps keep the totals).
-async fn export_kernel_counters(
-    maps: Arc<std::sync::Mutex<crate::ebpf::Maps>>,
-    metrics: Arc<crate::metrics::Metrics>,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let counters = maps.lock().expect("maps lock poisoned").counters();
-        match counters {
-            Ok(counters) => counters
-                .iter()
-                .for_each(|(name, v)| metrics.set_kernel_counter(name, *v)),
-            Err(e) => warn!(error = %e, "reading kernel counters failed"),
-        }
-    }
 }

@@ -25,6 +25,14 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CA_DIR: &str = "/var/lib/mesh/ca";
 pub const DEFAULT_SVID_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The admin endpoints show the whole mesh and change the log level: loopback only.
+pub const DEFAULT_ADMIN_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_ADMIN_PORT);
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_METRICS_PORT);
+pub const DEFAULT_HEALTH_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_HEALTH_PORT);
+pub const DEFAULT_ADMIN_SOCKET: &str = crate::admin::DEFAULT_SOCKET;
 
 /// The mesh's own ports: connects to them are never captured.
 pub const MESH_PORTS: [u16; 6] = [
@@ -61,6 +69,9 @@ pub struct Config {
     pub hbone: HboneConfig,
     #[serde(default)]
     pub inbound: InboundConfig,
+    /// The operator surfaces: admin HTTP, metrics, readiness, the gRPC admin socket.
+    #[serde(default)]
+    pub admin: AdminConfig,
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub workloads: Vec<WorkloadConfig>,
@@ -71,6 +82,22 @@ pub struct Config {
     /// Policies of this namespace apply to every workload of the mesh, as in Istio.
     #[serde(default = "default_root_namespace")]
     pub root_namespace: String,
+}
+
+/// Where the daemon serves its operator surfaces (design §5, §7).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `/config_dump`, `/workloads`, `/connections`, `/certificates`, `/logging`; must
+    /// be a loopback address. Default 127.0.0.1:15000.
+    pub address: Option<SocketAddr>,
+    /// Prometheus `/metrics`. Default 0.0.0.0:15020.
+    pub metrics_address: Option<SocketAddr>,
+    /// `/healthz/ready`. Default 0.0.0.0:15021.
+    pub health_address: Option<SocketAddr>,
+    /// The gRPC admin API's Unix socket (`mesh-node status` and friends). Default
+    /// /run/mesh/admin.sock.
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -351,6 +378,25 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR))
     }
 
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.address.unwrap_or(DEFAULT_ADMIN_ADDR)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.admin.metrics_address.unwrap_or(DEFAULT_METRICS_ADDR)
+    }
+
+    pub fn health_addr(&self) -> SocketAddr {
+        self.admin.health_address.unwrap_or(DEFAULT_HEALTH_ADDR)
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.admin
+            .socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET))
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT)
     }
@@ -389,6 +435,15 @@ impl Config {
         }
         if self.identity.svid_ttl.is_some_and(|t| t < Duration::from_secs(2)) {
             return Err(invalid("identity.svidTtl", "must be at least 2s"));
+        }
+        if !self.admin_addr().ip().is_loopback() {
+            return Err(invalid(
+                "admin.address",
+                format!(
+                    "{} is not a loopback address: the admin endpoints must not be reachable from pods",
+                    self.admin_addr()
+                ),
+            ));
         }
         if self.capture.port == Some(0) {
             return Err(invalid("capture.port", "must be between 1 and 65535"));
@@ -593,6 +648,11 @@ workloads:
                 "capture.port",
             ),
             ("node: n1\n", "node: n1\ntrustDomain: Foo.org\n", "trustDomain"),
+            (
+                "node: n1\n",
+                "node: n1\nadmin: { address: \"0.0.0.0:15000\" }\n",
+                "admin.address",
+            ),
             (
                 "node: n1\n",
                 "node: n1\nexclusions: { cidrs: [10.0.0.0/33] }\n",

@@ -1,9 +1,8 @@
 //! The `mesh-node` command: the daemon and its operator tools.
-use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use mesh_node::{app, config::Config, ebpf};
-use tracing_subscriber::EnvFilter;
+use mesh_node::{admin::cli::AdminCommand, app, config::Config, ebpf};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +52,8 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    #[command(flatten)]
+    Admin(AdminCommand),
     /// Print the kernel side: enrolled cgroups and counters, read from the pinned maps.
     Datapath {
         #[arg(long, default_value = mesh_node::config::DEFAULT_PIN_DIR)]
@@ -114,11 +115,8 @@ enum CaCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // Reloadable, so that the daemon's `/logging` can change the level at run time.
+    mesh_node::admin::init_tracing("info", false);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -215,6 +213,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 .block_on(mesh_node::ca::server::run(&dir, &config, &listen, options))?;
             Ok(())
         }
+        Command::Admin(command) => Ok(tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(mesh_node::admin::cli::run(command))?),
         Command::Datapath { pin_dir, output } => {
             let maps = ebpf::Maps::open(&mut ebpf::maps::Pinned(&pin_dir))?;
             let counters = maps.counters()?;

@@ -179,6 +179,12 @@ impl SecretManager {
         (!entry.svid.expired_at(SystemTime::now())).then(|| entry.svid.clone())
     }
 
+    /// Every SVID held, expired ones included (for `/certificates` and the metrics).
+    pub fn held(&self) -> Vec<Svid> {
+        let entries = self.entries.read().expect("secrets lock");
+        entries.values().map(|e| e.svid.clone()).collect()
+    }
+
     /// Renews SVIDs until `stop`; with a remote CA, also refreshes the trust bundle.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut bundle_refresh = tokio::time::interval(BUNDLE_REFRESH);

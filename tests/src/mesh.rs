@@ -3,8 +3,8 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use mesh_node::config::{
-    BpfConfig, CaptureConfig, Config, Exclusions, HboneConfig, IdentityConfig, InboundConfig, InboundMode,
-    NodeConfig, RemoteCaConfig, WorkloadConfig,
+    AdminConfig, BpfConfig, CaptureConfig, Config, Exclusions, HboneConfig, IdentityConfig, InboundConfig,
+    InboundMode, NodeConfig, RemoteCaConfig, WorkloadConfig,
 };
 
 use crate::{Daemon, Lab, Node, Pod};
@@ -156,6 +156,12 @@ impl MeshSpec {
             },
             hbone: HboneConfig::default(),
             inbound: InboundConfig::default(),
+            // Each node has its own network namespace, hence its own ports, but the
+            // file system is shared: a socket per node.
+            admin: AdminConfig {
+                socket: Some(admin_socket(lab, node)),
+                ..AdminConfig::default()
+            },
             drain_timeout: None,
             connect_timeout: None,
             nodes: self
@@ -204,6 +210,11 @@ impl MeshSpec {
             .map(|n| lab.start_daemon(n, &self.yaml(lab, n)))
             .collect()
     }
+}
+
+/// The gRPC admin socket of `node`'s daemon: `<lab dir>/<node>-admin.sock`.
+pub fn admin_socket(lab: &Lab, node: &Node) -> std::path::PathBuf {
+    lab.dir().join(format!("{}-admin.sock", node.name))
 }
 
 const CA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -99,6 +99,17 @@ fn parse(directives: &str) -> Result<EnvFilter, LogError> {
         })
 }
 
+/// The control of the subscriber [`init_tracing`] installed: kept here so that the daemon
+/// finds it without every entry point having to hand it down.
+static INSTALLED: std::sync::OnceLock<LogControl> = std::sync::OnceLock::new();
+
+impl LogControl {
+    /// The control of the global subscriber, if [`init_tracing`] installed it.
+    pub fn installed() -> Option<LogControl> {
+        INSTALLED.get().cloned()
+    }
+}
+
 /// Installs the global subscriber: to stderr, without colours unless stderr is a
 /// terminal, as text or one JSON object per line. The filter is `RUST_LOG` when set and
 /// valid, else `default_filter` (or `info` if that is invalid too). Returns the control of
@@ -142,12 +153,14 @@ pub fn init_tracing(default_filter: &str, json: bool) -> LogControl {
             )
             .try_init()
     };
+    let control = LogControl { handle };
     if installed.is_ok() {
         for problem in problems {
             tracing::warn!("{problem}");
         }
+        let _ = INSTALLED.set(control.clone());
     }
-    LogControl { handle }
+    control
 }
 
 /// Writes span fields as a JSON object, so that [`JsonFormat`] can merge them.

@@ -12,9 +12,11 @@
 //!
 //! The admin surfaces only read: nothing here changes the mesh's state.
 pub mod cli;
+pub mod daemon;
 pub mod grpc;
 pub mod http;
 pub mod logging;
+pub mod serving;
 #[cfg(test)]
 mod tests;
 mod time;
@@ -250,6 +252,8 @@ pub enum AdminError {
     NotASocket { path: String },
     #[error("cannot listen on the admin socket {path}: {source}")]
     Bind { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Listen(#[from] crate::proxy::ProxyError),
     #[error("admin grpc server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("cannot reach the daemon on {path}: {reason} (is mesh-node running on this node? another socket can be given with --socket)")]

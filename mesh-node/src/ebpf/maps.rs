@@ -14,8 +14,8 @@ use ipnet::IpNet;
 use mesh_common::{
     Counter, IpKey, OrigDst, Settings, SockKey, VerdictKey, Workload, AF_INET, AF_INET6, MAP_COUNTERS,
     MAP_ENROLLED, MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4, MAP_EXCLUDED_V6, MAP_ORIG_BY_TUPLE, MAP_SETTINGS,
-    MAP_TRUSTED_SOURCES, MAP_VERDICTS, SETTINGS_HAS_V4, SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP,
-    WORKLOAD_STRICT,
+    MAP_TRUSTED_SOURCES, MAP_VERDICTS, MAX_EXCLUSIONS, MAX_PENDING_CONNECTIONS, MAX_TRUSTED_SOURCES,
+    MAX_VERDICTS, MAX_WORKLOADS, SETTINGS_HAS_V4, SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP, WORKLOAD_STRICT,
 };
 
 use super::DatapathError;
@@ -209,6 +209,27 @@ impl Maps {
             .filter_map(Result::ok)
             .map(|(k, v)| (k, v.id))
             .collect()
+    }
+
+    /// Entries over capacity of the maps that can fill up, for `mesh_bpf_map_fill_ratio`.
+    pub fn fill(&self) -> Vec<(&'static str, f64)> {
+        let ratio = |n: usize, cap: u32| n as f64 / f64::from(cap);
+        vec![
+            (MAP_ENROLLED, ratio(self.enrolled.keys().count(), MAX_WORKLOADS)),
+            (
+                MAP_ORIG_BY_TUPLE,
+                ratio(self.orig_by_tuple.keys().count(), MAX_PENDING_CONNECTIONS),
+            ),
+            (MAP_VERDICTS, ratio(self.verdicts.keys().count(), MAX_VERDICTS)),
+            (
+                MAP_TRUSTED_SOURCES,
+                ratio(self.trusted_sources.keys().count(), MAX_TRUSTED_SOURCES),
+            ),
+            (
+                MAP_EXCLUDED_PORTS,
+                ratio(self.excluded_ports.keys().count(), MAX_EXCLUSIONS),
+            ),
+        ]
     }
 
     pub fn pending_orig_dsts(&self) -> usize {

@@ -194,10 +194,16 @@ impl Datapath {
 
     /// Whether our programs are still attached (their link pins exist).
     pub fn attached(&self) -> bool {
-        existing_links(&self.pin_dir.join("links"))
-            .map(|l| l.len() == CGROUP_PROGRAMS.len())
-            .unwrap_or(false)
+        attached_at(&self.pin_dir)
     }
+}
+
+/// Whether every cgroup program has a link pinned under `pin_dir`: removing a pin (as
+/// `mesh-node uninstall` does) detaches that program.
+pub fn attached_at(pin_dir: &Path) -> bool {
+    existing_links(&pin_dir.join("links"))
+        .map(|l| l.len() == CGROUP_PROGRAMS.len())
+        .unwrap_or(false)
 }
 
 /// With bpf links the kernel always attaches in multi mode (so generations can overlap);

@@ -55,6 +55,7 @@ pub struct Pool {
     trust_domain: String,
     max_streams: u32,
     reuse: bool,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Pool {
@@ -66,7 +67,14 @@ impl Pool {
             trust_domain,
             max_streams: DEFAULT_MAX_STREAMS,
             reuse,
+            metrics: None,
         }
+    }
+
+    /// Counts this pool's handshakes in `mesh_tls_handshakes_total{side="client"}`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Pool {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Opens a `CONNECT target` stream to `node` as `svid`, expecting the server to prove
@@ -165,8 +173,12 @@ impl Pool {
             TlsConnector::from(config).connect(server_name, tcp),
         )
         .await
-        .map_err(|_| HboneError::Timeout { node })?
-        .map_err(|source| HboneError::Tls { node, source })?;
+        .map_err(|_| HboneError::Timeout { node })
+        .and_then(|r| r.map_err(|source| HboneError::Tls { node, source }));
+        if let Some(metrics) = &self.metrics {
+            metrics.tls_handshake("client", tls.is_ok());
+        }
+        let tls = tls?;
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)

@@ -5,20 +5,18 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::poll_fn;
 use h2::{RecvStream, SendStream};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 const CHUNK: usize = 64 * 1024;
 
-/// Bytes carried each way: (tcp → h2, h2 → tcp).
-pub async fn bidirectional(
-    tcp: &mut TcpStream,
+/// Bytes carried each way: (tcp → h2, h2 → tcp). `tcp` is a TCP stream, or one wrapped
+/// to count its bytes.
+pub async fn bidirectional<S: AsyncRead + AsyncWrite + Unpin>(
+    tcp: &mut S,
     send: SendStream<Bytes>,
     recv: RecvStream,
 ) -> io::Result<(u64, u64)> {
-    let (r, w) = tcp.split();
+    let (r, w) = tokio::io::split(tcp);
     // The first error ends both directions (the other future is dropped).
     tokio::try_join!(tcp_to_h2(r, send), h2_to_tcp(recv, w))
 }

@@ -13,8 +13,13 @@ use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use super::{copy, DEFAULT_MAX_STREAMS, HANDSHAKE_TIMEOUT};
 use crate::{
+    admin::Direction,
     identity::Identity,
-    proxy::{bind, ProxyError},
+    proxy::{
+        bind,
+        connections::{Endpoints, Facing, Party, Reporting},
+        ProxyError,
+    },
     state::MeshState,
 };
 
@@ -23,6 +28,7 @@ pub struct InboundInputs {
     pub tls: Arc<rustls::ServerConfig>,
     pub connect_timeout: Duration,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub connections: Arc<crate::proxy::connections::Connections>,
 }
 
 pub struct Inbound {
@@ -98,8 +104,10 @@ async fn serve_connection(
     let acceptor = TlsAcceptor::from(inputs.tls.clone());
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
-        .map_err(|_| ServeError::Timeout)?
-        .map_err(ServeError::Tls)?;
+        .map_err(|_| ServeError::Timeout)
+        .and_then(|r| r.map_err(ServeError::Tls));
+    inputs.metrics.tls_handshake("server", tls.is_ok());
+    let tls = tls?;
     let (_, session) = tls.get_ref();
     let sni = session.server_name().unwrap_or_default().to_string();
     let client = crate::identity::tls::peer_identity(session).ok_or(ServeError::NoIdentity)?;
@@ -171,6 +179,23 @@ async fn serve_stream(
         .and_then(|v| v.to_str().ok())
         .and_then(super::client::parse_forwarded_for)
         .unwrap_or(peer.ip());
+    let source = match state.workload_by_ip(source_ip) {
+        // The address is the source's only if its workload has the verified identity.
+        Some((_, w)) if w.identity(&state.trust_domain).ok().as_ref() == Some(client) => {
+            Party::workload(w, Some(client.uri()), SocketAddr::new(source_ip, 0))
+        }
+        _ => Party {
+            workload: None,
+            principal: Some(client.uri()),
+            addr: SocketAddr::new(source_ip, 0),
+        },
+    };
+    let endpoints = Endpoints {
+        direction: Direction::Inbound,
+        source,
+        destination: Party::workload(workload, identity.as_ref().ok().map(|i| i.uri()), target),
+    };
+    let reporting = Reporting::DESTINATION_MTLS;
     let flow = crate::proxy::Flow {
         source: client.uri(),
         source_namespace: client.namespace.clone(),
@@ -180,17 +205,25 @@ async fn serve_stream(
     let decision = flow.decide(&state);
     inputs.metrics.policy_decision(decision.allowed);
     if !decision.allowed {
+        let reason = crate::proxy::denial_reason(&decision);
+        inputs.connections.deny(&endpoints, reporting, "DENY", reason);
         return respond(send_response, StatusCode::FORBIDDEN);
     }
     debug!(src = %client, %target, "CONNECT");
-    let mut upstream =
+    let upstream =
         match tokio::time::timeout(inputs.connect_timeout, tokio::net::TcpStream::connect(target)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 debug!(%target, error = %e, "workload refused: 503");
+                let reason = format!("connecting to {target} failed: {e}");
+                inputs.connections.deny(&endpoints, reporting, "UF", reason);
                 return respond(send_response, StatusCode::SERVICE_UNAVAILABLE);
             }
-            Err(_) => return respond(send_response, StatusCode::GATEWAY_TIMEOUT),
+            Err(_) => {
+                let reason = format!("connecting to {target} timed out");
+                inputs.connections.deny(&endpoints, reporting, "UF", reason);
+                return respond(send_response, StatusCode::GATEWAY_TIMEOUT);
+            }
         };
     let _ = upstream.set_nodelay(true);
     let response = Response::builder()
@@ -204,6 +237,8 @@ async fn serve_stream(
             return;
         }
     };
+    let mut tracked = inputs.connections.open(endpoints, reporting);
+    let mut upstream = tracked.meter(upstream, Facing::Destination);
     let copied = tokio::select! {
         r = copy::bidirectional(&mut upstream, send, request.into_body()) => r,
         // Dropping the stream resets it: the source daemon resets its client.
@@ -212,8 +247,9 @@ async fn serve_stream(
     match copied {
         Ok((to_client, from_client)) => debug!(%target, from_client, to_client, "stream closed"),
         Err(e) => {
-            let _ = socket2::SockRef::from(&upstream).set_linger(Some(Duration::ZERO));
+            let _ = socket2::SockRef::from(upstream.get_ref()).set_linger(Some(Duration::ZERO));
             debug!(%target, error = %e, "stream aborted");
+            tracked.fail(e.to_string());
         }
     }
 }

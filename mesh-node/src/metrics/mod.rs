@@ -80,12 +80,12 @@ impl Metrics {
         );
         registry.register(
             "istio_tcp_sent_bytes",
-            "Bytes sent towards the destination over TCP connections",
+            "Bytes sent during response: from the destination to the source, over TCP connections",
             tcp.sent.clone(),
         );
         registry.register(
             "istio_tcp_received_bytes",
-            "Bytes received from the destination over TCP connections",
+            "Bytes received during request: from the source towards the destination, over TCP connections",
             tcp.received.clone(),
         );
         registry.register(

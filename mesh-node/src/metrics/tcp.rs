@@ -144,14 +144,14 @@ impl TcpCounters {
         self.counter(&self.closed, |f| &f.closed).inc();
     }
 
-    /// Bytes sent towards the destination.
+    /// Response bytes, destination → source (Istio: "bytes sent during response").
     pub fn sent(&self, bytes: u64) {
         if bytes > 0 {
             self.counter(&self.sent, |f| &f.sent).inc_by(bytes);
         }
     }
 
-    /// Bytes received from the destination.
+    /// Request bytes, source → destination (Istio: "bytes received during request").
     pub fn received(&self, bytes: u64) {
         if bytes > 0 {
             self.counter(&self.received, |f| &f.received).inc_by(bytes);

@@ -1,5 +1,7 @@
 //! The daemon's listeners. `outbound` accepts the connections that the kernel
-//! redirected and carries them to their destination through `forward`.
+//! redirected and carries them to their destination through `forward`; `connections`
+//! registers what they carry, for metrics, the admin API and flow events.
+pub mod connections;
 pub mod forward;
 pub mod outbound;
 
@@ -30,6 +32,7 @@ pub struct ProxyInputs {
     pub pool: Pool,
     pub hbone_port: u16,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub connections: Arc<connections::Connections>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,14 @@ pub fn log_denied(
         dst_workload = %format_args!("{}/{}", dst.namespace, dst.name),
         "connection denied by policy"
     );
+}
+
+/// The reason a flow event gives for a policy denial.
+pub fn denial_reason(decision: &crate::policy::Decision) -> String {
+    match &decision.policy {
+        Some(policy) => format!("denied by policy {policy}: {}", decision.reason),
+        None => format!("denied: {}", decision.reason),
+    }
 }
 
 /// What policy needs to know about a connection, kept for its lifetime so that it can be

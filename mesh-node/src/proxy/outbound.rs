@@ -15,11 +15,15 @@ use tracing::{debug, info_span, warn, Instrument as _};
 
 use super::{
     bind,
+    connections::{Endpoints, Facing, Party, Reporting},
     forward::{self, Upstream},
     Flow, ProxyError, ProxyInputs,
 };
-use crate::hbone::copy;
-use crate::state::{CgroupId, Route};
+use crate::{
+    admin::Direction,
+    hbone::{copy, HboneError},
+    state::{CgroupId, Route},
+};
 
 pub struct Outbound {
     listeners: Vec<TcpListener>,
@@ -89,11 +93,7 @@ async fn accept_loop(
     debug!(?local, "capture listener closed");
 }
 
-async fn handle(
-    inputs: &ProxyInputs,
-    mut downstream: TcpStream,
-    client: SocketAddr,
-) -> Result<(), ProxyError> {
+async fn handle(inputs: &ProxyInputs, downstream: TcpStream, client: SocketAddr) -> Result<(), ProxyError> {
     let local = downstream.local_addr()?;
     let orig = inputs
         .maps
@@ -116,6 +116,21 @@ async fn handle(
         Route::Passthrough => "passthrough",
     };
     debug!(src = %format_args!("{}/{}", src.namespace, src.name), %dst, route = route_name, "captured");
+    let td = &state.trust_domain;
+    let principal = |w| forward::identity_of(td, w).ok().map(|i| i.uri());
+    let endpoints = Endpoints {
+        direction: Direction::Outbound,
+        source: Party::workload(src, principal(src), client),
+        destination: match route {
+            Route::Local(w) | Route::Remote { workload: w, .. } => Party::workload(w, principal(w), dst),
+            Route::Passthrough => Party::address(dst),
+        },
+    };
+    let reporting = match route {
+        Route::Local(_) => Reporting::SAME_NODE,
+        Route::Remote { .. } => Reporting::SOURCE_MTLS,
+        Route::Passthrough => Reporting::PASSTHROUGH,
+    };
     // Same node: no tunnel, so this daemon is the destination's and enforces its policy
     // with the identity it knows from the kernel (the source's cgroup).
     let flow = match route {
@@ -129,6 +144,9 @@ async fn handle(
             let decision = flow.decide(&state);
             inputs.metrics.policy_decision(decision.allowed);
             if !decision.allowed {
+                inputs
+                    .connections
+                    .deny(&endpoints, reporting, "DENY", super::denial_reason(&decision));
                 reset(&downstream);
                 return Ok(());
             }
@@ -140,10 +158,23 @@ async fn handle(
     let upstream = match forward::connect(inputs, src, route, dst, client.ip()).await {
         Ok(s) => s,
         Err(e) => {
+            let flags = match &e {
+                ProxyError::Hbone(HboneError::Status { status, .. })
+                    if *status == http::StatusCode::FORBIDDEN =>
+                {
+                    "DENY"
+                }
+                _ => "UF",
+            };
+            inputs
+                .connections
+                .deny(&endpoints, reporting, flags, e.to_string());
             reset(&downstream);
             return Err(e);
         }
     };
+    let mut tracked = inputs.connections.open(endpoints, reporting);
+    let mut downstream = tracked.meter(downstream, Facing::Source);
     let copied = match upstream {
         Upstream::Tcp(mut upstream) => {
             let revoked = async {
@@ -170,7 +201,8 @@ async fn handle(
         }
         Err(e) => {
             // Propagate an abort as an abort: the client sees a reset, not an EOF.
-            reset(&downstream);
+            reset(downstream.get_ref());
+            tracked.fail(e.to_string());
             Err(e.into())
         }
     }
