@@ -32,6 +32,7 @@ pub mod demo;
 mod lab;
 pub mod mesh;
 mod netns;
+pub mod observe;
 mod privileges;
 mod process;
 mod sweep;

@@ -218,6 +218,8 @@ pub async fn follow_flows(
         .flows(proto::FlowsRequest::from(filter))
         .await?
         .into_inner();
+    // The daemon subscribes before it answers: every event from now on will be shown.
+    eprintln!("following flows from {}", socket.display());
     tokio::pin!(stop);
     let mut shown = 0;
     while max.is_none_or(|max| shown < max) {

@@ -70,7 +70,7 @@ impl Readiness {
             reasons.push("state not loaded");
         }
         if !self.certificates_present {
-            reasons.push("certificates not issued yet");
+            reasons.push("certificates missing or expired");
         }
         if self.draining {
             reasons.push("draining");

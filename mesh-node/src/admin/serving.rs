@@ -81,6 +81,24 @@ pub async fn upkeep(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        admin.export_certificates(&metrics, &mut identities);
+        {
+            let maps = maps.lock().expect("maps lock poisoned");
+            match maps.counters() {
+                Ok(counters) => counters
+                    .iter()
+                    .for_each(|(name, v)| metrics.set_kernel_counter(name, *v)),
+                Err(e) => warn!(error = %e, "reading kernel counters failed"),
+            }
+            if round % MAP_FILL_EVERY == 0 {
+                for (map, ratio) in maps.fill() {
+                    metrics.set_bpf_map_fill(map, ratio);
+                }
+            }
+        }
+        round = round.wrapping_add(1);
+        // Logged after the metrics are copied: once "readiness: ready" is in the log, the
+        // metrics show the kernel's counters too.
         admin.set_programs_attached(crate::ebpf::attached_at(&pin_dir));
         let reasons = admin.ready().not_ready_reasons();
         if last_reasons.as_ref() != Some(&reasons) {
@@ -91,19 +109,5 @@ pub async fn upkeep(
             }
             last_reasons = Some(reasons);
         }
-        admin.export_certificates(&metrics, &mut identities);
-        let maps = maps.lock().expect("maps lock poisoned");
-        match maps.counters() {
-            Ok(counters) => counters
-                .iter()
-                .for_each(|(name, v)| metrics.set_kernel_counter(name, *v)),
-            Err(e) => warn!(error = %e, "reading kernel counters failed"),
-        }
-        if round % MAP_FILL_EVERY == 0 {
-            for (map, ratio) in maps.fill() {
-                metrics.set_bpf_map_fill(map, ratio);
-            }
-        }
-        round = round.wrapping_add(1);
     }
 }

@@ -164,7 +164,7 @@ async fn readiness() {
     let r = get(addr, "/healthz/ready").await;
     assert_eq!(
         (r.status, r.body.as_str()),
-        (503, "not ready: certificates not issued yet, draining\n")
+        (503, "not ready: certificates missing or expired, draining\n")
     );
     assert_eq!(get(addr, "/metrics").await.status, 404);
     stop.cancel();
