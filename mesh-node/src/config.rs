@@ -175,6 +175,13 @@ pub struct BpfConfig {
     /// node can already decide (the destination daemon enforces them all anyway).
     #[serde(default = "yes")]
     pub policy_fast_path: bool,
+    /// Same-node acceleration: the bytes of a connection to a workload of this node (or to
+    /// a passthrough destination) move between the daemon's two sockets with `splice(2)`,
+    /// inside the kernel, instead of being copied through the daemon. Default on. The
+    /// `sk_msg` socket-map splice is not used: on the kernels measured it breaks ordinary
+    /// applications (docs/architecture.md, "In-kernel splice").
+    #[serde(default = "yes")]
+    pub splice: bool,
 }
 
 impl Default for BpfConfig {
@@ -184,6 +191,7 @@ impl Default for BpfConfig {
             cgroup: None,
             socket_map: false,
             policy_fast_path: true,
+            splice: true,
         }
     }
 }
