@@ -166,9 +166,9 @@ pub struct BpfConfig {
     /// cgroup2 mount). Default: the cgroup2 root, i.e. the whole host.
     pub cgroup: Option<PathBuf>,
     /// Put captured sockets into the kernel socket map (`MESH_SOCKS`) and count their
-    /// bytes with `sk_msg`: the groundwork of in-kernel acceleration. Default off: on the
-    /// kernels tested, sockmap membership makes a blocking `recv` with a receive timeout
-    /// return EAGAIN early, which breaks ordinary applications.
+    /// bytes with `sk_msg`. Default off, and best left off: a socket in a socket map gets
+    /// EAGAIN from a blocking `recv` after its own half-close (tcp_bpf_recvmsg), which
+    /// breaks ordinary applications (docs/architecture.md, "In-kernel splice").
     #[serde(default)]
     pub socket_map: bool,
     /// Refuse, in `connect()` with EPERM, the connections that policy denies and that this
