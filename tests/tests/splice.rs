@@ -97,6 +97,28 @@ fn series(metrics: &str, name: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().expect("a counter value"))
 }
 
+/// Two tests of `check`, in a module named after the semantic: `with_splice` and
+/// `without_splice` (`bpf.splice` off: the copy path must behave the same).
+macro_rules! with_and_without_splice {
+    ($semantic:ident, $check:ident) => {
+        mod $semantic {
+            #[test]
+            fn with_splice() {
+                if mesh_tests::require_privileges() {
+                    super::$check(true);
+                }
+            }
+
+            #[test]
+            fn without_splice() {
+                if mesh_tests::require_privileges() {
+                    super::$check(false);
+                }
+            }
+        }
+    };
+}
+
 const SPLICED: &str = "mesh_spliced_connections_total";
 const REQUEST_BYTES: &str = "mesh_spliced_bytes_total{direction=\"request\"}";
 const RESPONSE_BYTES: &str = "mesh_spliced_bytes_total{direction=\"response\"}";
@@ -133,21 +155,7 @@ fn request_response(splice: bool) {
     }
 }
 
-#[test]
-fn request_response_and_64_mib_each_way_are_exact() {
-    if !require_privileges() {
-        return;
-    }
-    request_response(true);
-}
-
-#[test]
-fn request_response_and_64_mib_each_way_are_exact_without_splice() {
-    if !require_privileges() {
-        return;
-    }
-    request_response(false);
-}
+with_and_without_splice!(request_response_and_64_mib_each_way_are_exact, request_response);
 
 fn half_close(splice: bool) {
     let w = world("splice-half", splice, |_| {});
@@ -172,21 +180,7 @@ fn half_close(splice: bool) {
     greet.wait_stdout(&format!("in={} out={}", 1 << 20, 1 << 20), T);
 }
 
-#[test]
-fn half_close_in_both_directions() {
-    if !require_privileges() {
-        return;
-    }
-    half_close(true);
-}
-
-#[test]
-fn half_close_in_both_directions_without_splice() {
-    if !require_privileges() {
-        return;
-    }
-    half_close(false);
-}
+with_and_without_splice!(half_close_in_both_directions, half_close);
 
 fn resets(splice: bool) {
     let w = world("splice-reset", splice, |_| {});
@@ -206,21 +200,7 @@ fn resets(splice: bool) {
     reset.wait_stdout(&format!("in={}", 64 << 10), T);
 }
 
-#[test]
-fn resets_reach_the_other_side() {
-    if !require_privileges() {
-        return;
-    }
-    resets(true);
-}
-
-#[test]
-fn resets_reach_the_other_side_without_splice() {
-    if !require_privileges() {
-        return;
-    }
-    resets(false);
-}
+with_and_without_splice!(resets_reach_the_other_side, resets);
 
 fn backpressure(splice: bool) {
     let w = world("splice-bp", splice, |_| {});
@@ -259,21 +239,7 @@ fn backpressure(splice: bool) {
     eprintln!("backpressure stopped the sender after {at} of {total} bytes");
 }
 
-#[test]
-fn backpressure_stops_the_sender_and_loses_nothing() {
-    if !require_privileges() {
-        return;
-    }
-    backpressure(true);
-}
-
-#[test]
-fn backpressure_stops_the_sender_and_loses_nothing_without_splice() {
-    if !require_privileges() {
-        return;
-    }
-    backpressure(false);
-}
+with_and_without_splice!(backpressure_stops_the_sender_and_loses_nothing, backpressure);
 
 #[test]
 fn readiness_and_peek_behave_as_on_a_plain_socket() {

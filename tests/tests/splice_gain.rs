@@ -96,7 +96,11 @@ fn splice_gain() {
         "-oL", "sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", "11111",
     ]));
     sockperf.wait_stdout("listen on", T);
-    let iperf = lab.spawn(server.command("stdbuf").args(["-oL", "iperf3", "-s", "-p", "5201"]));
+    let iperf = lab.spawn(
+        server
+            .command("stdbuf")
+            .args(["-oL", "iperf3", "-s", "-p", "5201"]),
+    );
     iperf.wait_stdout("Server listening", T);
 
     let mut rows = vec![measure(&lab, &outsider, &target, "no mesh")];

@@ -51,35 +51,7 @@ enum Cmd {
         gate: Option<std::path::PathBuf>,
     },
     /// One connection, step by step; prints one JSON line, exits 0 if all went well.
-    Session {
-        #[arg(long)]
-        to: String,
-        /// Pattern bytes to send (suffixes K, M, G).
-        #[arg(long, default_value = "0", value_parser = parse_size)]
-        send: u64,
-        /// Read to EOF before sending (the server closes first).
-        #[arg(long)]
-        read_first: bool,
-        /// Shut down writing after sending, then read to EOF.
-        #[arg(long)]
-        half_close: bool,
-        /// After sending, close with SO_LINGER 0 (the peer sees a reset).
-        #[arg(long)]
-        reset: bool,
-        /// Non-blocking socket, waiting with edge-triggered epoll; prints
-        /// `backpressure at N` at the first EAGAIN of a write.
-        #[arg(long)]
-        nonblocking: bool,
-        /// Peek (MSG_PEEK) before every read and check the read returns the same bytes.
-        #[arg(long)]
-        peek: bool,
-        /// Check that what is read is the pattern.
-        #[arg(long)]
-        check: bool,
-        /// Timeout for connecting and for every read, write and wait.
-        #[arg(long, default_value_t = 30_000)]
-        timeout_ms: u64,
-    },
+    Session(session::Plan),
     /// Open connections, send a pattern, check what comes back.
     Connect {
         #[arg(long)]
@@ -138,35 +110,7 @@ fn main() -> ExitCode {
             bytes,
             gate,
         } => serve(&listen, Server { mode, bytes, gate }),
-        Cmd::Session {
-            to,
-            send,
-            read_first,
-            half_close,
-            reset,
-            nonblocking,
-            peek,
-            check,
-            timeout_ms,
-        } => {
-            let to = match resolve(&to) {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("resolve {to}: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let plan = session::Plan {
-                to,
-                send,
-                read_first,
-                half_close,
-                reset,
-                nonblocking,
-                peek,
-                check,
-                timeout: Duration::from_millis(timeout_ms),
-            };
+        Cmd::Session(plan) => {
             if session::run(&plan) {
                 ExitCode::SUCCESS
             } else {

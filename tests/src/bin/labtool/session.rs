@@ -7,7 +7,7 @@
 //! real readiness change, so a lost wakeup shows as a timeout instead of being hidden by
 //! level-triggered polling.
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -17,17 +17,35 @@ use super::{pattern_byte, pattern_chunk, say};
 
 /// What one session does, in order: optionally read to EOF first (the server closed
 /// first), send `send` bytes, half-close or reset, then read to EOF.
+#[derive(clap::Args)]
 pub struct Plan {
-    pub to: SocketAddr,
-    pub send: u64,
-    pub read_first: bool,
-    pub half_close: bool,
-    pub reset: bool,
-    pub nonblocking: bool,
-    pub peek: bool,
+    #[arg(long)]
+    to: String,
+    /// Pattern bytes to send (suffixes K, M, G).
+    #[arg(long, default_value = "0", value_parser = super::parse_size)]
+    send: u64,
+    /// Read to EOF before sending (the server closes first).
+    #[arg(long)]
+    read_first: bool,
+    /// Shut down writing after sending, then read to EOF.
+    #[arg(long)]
+    half_close: bool,
+    /// After sending, close with SO_LINGER 0 (the peer sees a reset).
+    #[arg(long)]
+    reset: bool,
+    /// Non-blocking socket, waiting with edge-triggered epoll; prints
+    /// `backpressure at N` at the first EAGAIN of a write.
+    #[arg(long)]
+    nonblocking: bool,
+    /// Peek (MSG_PEEK) before every read and check the read returns the same bytes.
+    #[arg(long)]
+    peek: bool,
     /// Check that what is read is the pattern (the peer sends the pattern).
-    pub check: bool,
-    pub timeout: Duration,
+    #[arg(long)]
+    check: bool,
+    /// Timeout for connecting and for every read, write and wait.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
 }
 
 #[derive(Default)]
@@ -58,9 +76,11 @@ pub fn run(plan: &Plan) -> bool {
 }
 
 fn session(plan: &Plan, out: &mut Outcome) -> io::Result<()> {
-    let mut stream = TcpStream::connect_timeout(&plan.to, plan.timeout)?;
-    stream.set_read_timeout(Some(plan.timeout))?;
-    stream.set_write_timeout(Some(plan.timeout))?;
+    let timeout = Duration::from_millis(plan.timeout_ms);
+    let to = super::resolve(&plan.to)?;
+    let mut stream = TcpStream::connect_timeout(&to, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let waiter = if plan.nonblocking {
         stream.set_nonblocking(true)?;
         Some(Epoll::new(&stream)?)
@@ -69,7 +89,7 @@ fn session(plan: &Plan, out: &mut Outcome) -> io::Result<()> {
     };
     let io = Io {
         waiter: waiter.as_ref(),
-        timeout: plan.timeout,
+        timeout,
         peek: plan.peek,
         check: plan.check,
     };
