@@ -119,7 +119,7 @@ macro_rules! with_and_without_splice {
     };
 }
 
-const SPLICED: &str = "mesh_spliced_connections_total";
+const SPLICED: &str = "mesh_spliced_connections_total{route=\"local\"}";
 const REQUEST_BYTES: &str = "mesh_spliced_bytes_total{direction=\"request\"}";
 const RESPONSE_BYTES: &str = "mesh_spliced_bytes_total{direction=\"response\"}";
 

@@ -51,6 +51,11 @@ struct SpliceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KernelLabels {
     counter: String,
 }
@@ -66,7 +71,7 @@ pub struct Metrics {
     svid_expiry: Family<IdentityLabels, Gauge>,
     bpf_map_fill: Family<MapLabels, Gauge<f64, AtomicU64>>,
     datapath: Family<KernelLabels, Counter>,
-    spliced_connections: Counter,
+    spliced_connections: Family<RouteLabels, Counter>,
     spliced_bytes: Family<SpliceLabels, Counter>,
 }
 
@@ -132,11 +137,11 @@ impl Metrics {
              read from their per-CPU map",
             datapath.clone(),
         );
-        let spliced_connections = Counter::default();
+        let spliced_connections = Family::default();
         registry.register(
             "mesh_spliced_connections",
             "Connections whose bytes the kernel moved between the daemon's sockets with splice(2) \
-             (bpf.splice)",
+             (bpf.splice), by route (local: a workload of this node, passthrough: not in the mesh)",
             spliced_connections.clone(),
         );
         let spliced_bytes = Family::default();
@@ -172,9 +177,12 @@ impl Metrics {
             .inc();
     }
 
-    /// `mesh_spliced_connections_total`: one more connection carried by splice(2).
-    pub fn spliced_connection(&self) {
-        self.spliced_connections.inc();
+    /// `mesh_spliced_connections_total{route="local"|"passthrough"}`: one more connection
+    /// carried by splice(2).
+    pub fn spliced_connection(&self, route: &'static str) {
+        self.spliced_connections
+            .get_or_create(&RouteLabels { route })
+            .inc();
     }
 
     /// `mesh_spliced_bytes_total{direction="request"|"response"}`.

@@ -155,7 +155,7 @@ async fn handle(
             };
             let carried = async {
                 if inputs.splice {
-                    splice_plain(inputs, &downstream, &upstream).await
+                    splice_plain(inputs, route_name, &downstream, &upstream).await
                 } else {
                     tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
                 }
@@ -188,10 +188,11 @@ async fn handle(
 /// they move.
 async fn splice_plain(
     inputs: &ProxyInputs,
+    route: &'static str,
     downstream: &TcpStream,
     upstream: &TcpStream,
 ) -> std::io::Result<(u64, u64)> {
-    inputs.metrics.spliced_connection();
+    inputs.metrics.spliced_connection(route);
     let progress = |way: Way, n: u64| inputs.metrics.spliced_bytes(way == Way::Request, n);
     splice::bidirectional(downstream, upstream, &progress).await
 }
