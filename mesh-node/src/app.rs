@@ -135,6 +135,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         hbone_port: config.hbone_port(),
         metrics: metrics.clone(),
         connections: connections.clone(),
+        splice: state.splice,
     });
     let admin = DaemonAdmin::new(
         config.clone(),

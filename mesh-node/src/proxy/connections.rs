@@ -295,9 +295,10 @@ impl Tracked {
         }
     }
 
-    /// Bytes added to the totals without passing through a [`Metered`] socket: the hook
-    /// for bytes the kernel moved itself (in-kernel splice), read once at close.
-    pub fn add_kernel_bytes(&self, request: u64, response: u64) {
+    /// Bytes added to the totals without passing through a [`Metered`] socket: those that
+    /// `splice(2)` moved between the daemon's sockets (told as they move, so live series
+    /// grow), or that the kernel moved itself.
+    pub fn add_unmetered_bytes(&self, request: u64, response: u64) {
         self.live.add_request(request);
         self.live.add_response(response);
     }

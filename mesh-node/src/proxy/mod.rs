@@ -1,9 +1,11 @@
 //! The daemon's listeners. `outbound` accepts the connections that the kernel
-//! redirected and carries them to their destination through `forward`; `connections`
-//! registers what they carry, for metrics, the admin API and flow events.
+//! redirected and carries them to their destination through `forward`; `splice` moves
+//! the bytes of plain TCP connections inside the kernel; `connections` registers what
+//! they carry, for metrics, the admin API and flow events.
 pub mod connections;
 pub mod forward;
 pub mod outbound;
+pub mod splice;
 
 use std::{
     net::SocketAddr,
@@ -33,6 +35,8 @@ pub struct ProxyInputs {
     pub hbone_port: u16,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub connections: Arc<connections::Connections>,
+    /// Move plain TCP connections' bytes with `splice(2)` (`bpf.splice`).
+    pub splice: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

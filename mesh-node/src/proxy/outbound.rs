@@ -15,8 +15,9 @@ use tracing::{debug, info_span, warn, Instrument as _};
 
 use super::{
     bind,
-    connections::{Endpoints, Facing, Party, Reporting},
+    connections::{Endpoints, Facing, Party, Reporting, Tracked},
     forward::{self, Upstream},
+    splice::{self, Way},
     Flow, ProxyError, ProxyInputs,
 };
 use crate::{
@@ -183,8 +184,15 @@ async fn handle(inputs: &ProxyInputs, downstream: TcpStream, client: SocketAddr)
                     None => std::future::pending().await,
                 }
             };
+            let carried = async {
+                if inputs.splice {
+                    splice_plain(inputs, route_name, &tracked, downstream.get_ref(), &upstream).await
+                } else {
+                    tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
+                }
+            };
             let r = tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => r,
+                r = carried => r,
                 _ = revoked => Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied by a policy change")),
             };
             if r.is_err() {
@@ -206,6 +214,26 @@ async fn handle(inputs: &ProxyInputs, downstream: TcpStream, client: SocketAddr)
             Err(e.into())
         }
     }
+}
+
+/// A plain TCP connection carried by splice(2): counted as spliced, its bytes counted as
+/// they move, on the connection too (they bypass the metered socket).
+async fn splice_plain(
+    inputs: &ProxyInputs,
+    route: &'static str,
+    tracked: &Tracked,
+    downstream: &TcpStream,
+    upstream: &TcpStream,
+) -> std::io::Result<(u64, u64)> {
+    inputs.metrics.spliced_connection(route);
+    let progress = |way: Way, n: u64| {
+        inputs.metrics.spliced_bytes(way == Way::Request, n);
+        match way {
+            Way::Request => tracked.add_unmetered_bytes(n, 0),
+            Way::Response => tracked.add_unmetered_bytes(0, n),
+        }
+    };
+    splice::bidirectional(downstream, upstream, &progress).await
 }
 
 /// Makes the next close send RST instead of FIN.
