@@ -18,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "socat",
     "tcpdump",
     "bpftool",
+    // promtool checks the metrics scrape in the observability tests.
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
