@@ -53,8 +53,86 @@ pub struct VerdictKey {
 /// addresses this node's daemon connects from. [`IpKey`] → `u8` (1).
 pub const MAP_TRUSTED_SOURCES: &str = "MESH_TRUSTED";
 
+/// Per-flow kernel counters: [`FlowKey`] → per-CPU [`FlowCounters`]. Written by
+/// `connect4`/`connect6` (opened, denied), `sock_ops` (closed, bytes) and `mesh_ingress`
+/// (inbound denials); harvested and deleted by the daemon when idle.
+pub const MAP_FLOWS: &str = "MESH_FLOWS";
+/// Live captured sockets by cookie (`u64`) → [`FlowSocket`], so that `sock_ops` can
+/// count a connection's close and bytes on its flow. Written and deleted by `sock_ops`.
+pub const MAP_FLOW_SOCKETS: &str = "MESH_FLOW_SK";
+/// Ring buffer of [`KernelEvent`]s the daemon never sees otherwise (connects refused in
+/// the kernel). Written by the programs, read by the daemon's flow stream.
+pub const MAP_FLOW_EVENTS: &str = "MESH_FLOW_EV";
+pub const MAX_FLOWS: u32 = 16_384;
+pub const FLOW_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// [`FlowKey::direction`]: a connection an enrolled workload opened.
+pub const FLOW_OUTBOUND: u16 = 0;
+/// [`FlowKey::direction`]: a connection attempt towards an enrolled workload.
+pub const FLOW_INBOUND: u16 = 1;
+
+/// (workload's cgroup, peer address, destination port, direction): the key of the
+/// kernel's per-flow counters. Bounded by workloads × peers × ports, not connections.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// The enrolled workload: the source of an outbound flow, the destination of an
+    /// inbound one.
+    pub cgroup_id: u64,
+    /// The other end (destination of outbound, source of inbound). Network byte order,
+    /// IPv4 in word 0.
+    pub addr: [u32; 4],
+    /// The destination port, host byte order.
+    pub port: u16,
+    pub family: u16,
+    pub direction: u16,
+    pub _pad: u16,
+}
+
+/// Per-CPU counters of one [`FlowKey`]. Bytes are the kernel's own accounting of the
+/// workload's socket (`tcp_sock.bytes_acked`/`bytes_received`, less SYN and FIN).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub opened: u64,
+    pub closed: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub denied: u64,
+}
+
+/// A live captured socket: its flow and when it was established.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSocket {
+    pub key: FlowKey,
+    pub started_ns: u64,
+    /// Kernel bookkeeping of the socket's FINs (mesh-ebpf's business).
+    pub fins: u16,
+    pub _pad: [u16; 3],
+}
+
+/// [`KernelEvent::reason`]: the kernel policy fast path refused the connect.
+pub const DENY_POLICY: u32 = 1;
+/// [`KernelEvent::reason`]: the connect could not be captured safely (fail closed).
+pub const DENY_UNCAPTURABLE: u32 = 2;
+/// [`KernelEvent::reason`]: a SYN from outside the mesh to a STRICT workload.
+pub const DENY_STRICT_BYPASS: u32 = 3;
+
+/// A connection the kernel refused, for `mesh-node flows`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelEvent {
+    pub key: FlowKey,
+    /// `bpf_ktime_get_ns` at the event.
+    pub time_ns: u64,
+    /// One of the `DENY_*` constants.
+    pub reason: u32,
+    pub _pad: u32,
+}
+
 /// Every map, in the order the daemon pins and reports them.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_ENROLLED,
     MAP_ORIG_BY_COOKIE,
     MAP_ORIG_BY_TUPLE,
@@ -66,6 +144,9 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_COUNTERS,
     MAP_TRUSTED_SOURCES,
     MAP_VERDICTS,
+    MAP_FLOWS,
+    MAP_FLOW_SOCKETS,
+    MAP_FLOW_EVENTS,
 ];
 
 /// Capacities. Changing one changes the pinned map layout: a daemon refuses to adopt
@@ -230,4 +311,8 @@ mod user {
     unsafe impl aya::Pod for IpKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for VerdictKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowCounters {}
 }

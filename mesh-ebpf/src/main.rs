@@ -6,6 +6,8 @@
 //! - `mesh_sock_ops`: when a captured connection is established, re-key its original
 //!   destination by 4-tuple (what the daemon sees when it accepts) and add the socket to
 //!   the socket map.
+//!   It also counts each captured connection's close and bytes on its flow
+//!   (`MESH_FLOWS`), from TCP state changes.
 //! - `mesh_sk_msg`: counts payload bytes of captured sockets; the hook for in-kernel
 //!   acceleration.
 //! - `mesh_ingress` (cgroup skb ingress): inbound strictness. A TCP SYN to an enrolled
@@ -19,16 +21,22 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
+    bindings::{
+        bpf_sock_addr, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT2,
+        BPF_TCP_LAST_ACK,
+    },
     helpers::bpf_skb_cgroup_id,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{cgroup_skb, cgroup_sock_addr, map, sk_msg, sock_ops},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SockHash},
     programs::{SkBuffContext, SkMsgContext, SockAddrContext, SockOpsContext},
     EbpfContext as _,
 };
 use mesh_common::{
-    Counter, IpKey, OrigDst, Settings, SockKey, VerdictKey, Workload, AF_INET, AF_INET6, COUNTER_SLOTS,
+    Counter, FlowCounters, FlowKey, FlowSocket, IpKey, KernelEvent, OrigDst, Settings, SockKey, VerdictKey,
+    Workload, AF_INET, AF_INET6, COUNTER_SLOTS, DENY_POLICY, DENY_STRICT_BYPASS, DENY_UNCAPTURABLE,
+    FLOW_EVENTS_BYTES, FLOW_INBOUND, FLOW_OUTBOUND, MAX_FLOWS,
     MAX_EXCLUSIONS, MAX_PENDING_CONNECTIONS, MAX_SOCKETS, MAX_TRUSTED_SOURCES, MAX_VERDICTS, MAX_WORKLOADS,
     SETTINGS_HAS_V4, SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP, VERDICT_DENY, WORKLOAD_STRICT,
 };
@@ -73,6 +81,60 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 /// Policy verdicts the source node can decide. Written by the daemon.
 #[map(name = "MESH_VERDICT")]
 static VERDICTS: HashMap<VerdictKey, u8> = HashMap::pinned(MAX_VERDICTS, 0);
+
+/// Per-flow counters. Written by connect4/6, sock_ops and ingress; harvested by the daemon.
+#[map(name = "MESH_FLOWS")]
+static FLOWS: PerCpuHashMap<FlowKey, FlowCounters> = PerCpuHashMap::pinned(MAX_FLOWS, 0);
+
+/// Live captured sockets by cookie → their flow. Written and deleted by sock_ops; LRU so
+/// that a socket whose close was never seen cannot fill it.
+#[map(name = "MESH_FLOW_SK")]
+static FLOW_SOCKETS: LruHashMap<u64, FlowSocket> = LruHashMap::pinned(MAX_SOCKETS, 0);
+
+/// Connections refused in the kernel, for the daemon's flow stream. Written by
+/// connect4/6 and ingress.
+#[map(name = "MESH_FLOW_EV")]
+static FLOW_EVENTS: RingBuf = RingBuf::pinned(FLOW_EVENTS_BYTES, 0);
+
+/// Adds to this CPU's counters of `key`, creating the flow on its first use. A full map
+/// loses the count (the daemon harvests idle flows, and reports the fill ratio).
+#[inline(always)]
+fn flow(key: &FlowKey, add: impl FnOnce(&mut FlowCounters)) {
+    if FLOWS.get_ptr_mut(key).is_none() {
+        let _ = FLOWS.insert(key, &FlowCounters::default(), u64::from(BPF_NOEXIST));
+    }
+    if let Some(c) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of an element that exists; programs do not migrate.
+        add(unsafe { &mut *c });
+    }
+}
+
+/// Counts a connection the kernel refused and tells the daemon why (best effort: a full
+/// ring drops the event, never the decision).
+#[inline(always)]
+fn denied(key: FlowKey, reason: u32) {
+    flow(&key, |c| c.denied += 1);
+    let event = KernelEvent {
+        key,
+        // SAFETY: the helper has no preconditions.
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        reason,
+        _pad: 0,
+    };
+    let _ = FLOW_EVENTS.output::<KernelEvent>(&event, 0);
+}
+
+#[inline(always)]
+fn outbound_key(orig: &OrigDst) -> FlowKey {
+    FlowKey {
+        cgroup_id: orig.cgroup_id,
+        addr: orig.addr,
+        port: orig.port,
+        family: orig.family,
+        direction: FLOW_OUTBOUND,
+        _pad: 0,
+    }
+}
 
 /// Whether policy denies this connect: an entry for the exact port decides, else the
 /// destination's any-port entry.
@@ -202,12 +264,15 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
     };
     if policy_denies(orig.cgroup_id, orig.addr, orig.family, orig.port) {
         count(Counter::PolicyDenied, 1);
+        denied(outbound_key(&orig), DENY_POLICY);
         return Err(REFUSE);
     }
     if !remember(ctx, orig) {
         count(Counter::Refused, 1);
+        denied(outbound_key(&orig), DENY_UNCAPTURABLE);
         return Err(REFUSE);
     }
+    flow(&outbound_key(&orig), |c| c.opened += 1);
     // SAFETY: user_ip4/user_port are writable in connect4.
     unsafe {
         (*sa).user_ip4 = settings.capture_v4;
@@ -286,12 +351,15 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
     };
     if policy_denies(orig.cgroup_id, orig.addr, orig.family, orig.port) {
         count(Counter::PolicyDenied, 1);
+        denied(outbound_key(&orig), DENY_POLICY);
         return Err(REFUSE);
     }
     if !remember(ctx, orig) {
         count(Counter::Refused, 1);
+        denied(outbound_key(&orig), DENY_UNCAPTURABLE);
         return Err(REFUSE);
     }
+    flow(&outbound_key(&orig), |c| c.opened += 1);
     // SAFETY: user_ip6/user_port are writable in connect6, word by word.
     unsafe {
         (*sa).user_ip6[0] = capture[0];
@@ -339,15 +407,77 @@ fn sock_key(ctx: &SockOpsContext) -> SockKey {
 
 #[inline(always)]
 fn try_sock_ops(ctx: &SockOpsContext) {
-    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx),
+        BPF_SOCK_OPS_STATE_CB => state_changed(ctx),
+        _ => {}
+    }
+}
+
+/// [`FlowSocket::fins`] bits: which FINs a captured socket has seen, so that its close
+/// counts payload bytes only (the kernel's byte counts include SYN and FIN).
+const PEER_FIN: u16 = 1;
+const OWN_FIN_ACKED: u16 = 2;
+
+/// A captured client socket changed TCP state: remember FINs, and at its close count the
+/// close and its payload bytes on its flow.
+#[inline(always)]
+fn state_changed(ctx: &SockOpsContext) {
+    let (old, new) = (ctx.arg(0), ctx.arg(1));
+    // SAFETY: the context is a valid bpf_sock_ops for this helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(sock) = FLOW_SOCKETS.get_ptr_mut(&cookie) else {
+        return;
+    };
+    // SAFETY: an element of the map, valid for this program run.
+    let sock = unsafe { &mut *sock };
+    let fins = match (old, new) {
+        (_, BPF_TCP_CLOSE_WAIT) | (_, BPF_TCP_CLOSING) => PEER_FIN,
+        (_, BPF_TCP_FIN_WAIT2) => OWN_FIN_ACKED,
+        // FIN_WAIT2 closes when the peer's FIN arrives (the socket becomes a time-wait
+        // one); LAST_ACK and CLOSING when the peer acknowledges our FIN.
+        (BPF_TCP_FIN_WAIT2, BPF_TCP_CLOSE) => PEER_FIN,
+        (BPF_TCP_LAST_ACK, BPF_TCP_CLOSE) | (BPF_TCP_CLOSING, BPF_TCP_CLOSE) => OWN_FIN_ACKED,
+        _ => 0,
+    };
+    sock.fins |= fins;
+    if new != BPF_TCP_CLOSE {
         return;
     }
+    // SAFETY: ctx.ops points at the live bpf_sock_ops of this callback.
+    let (acked, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
+    let own_fin = u64::from(sock.fins & OWN_FIN_ACKED != 0);
+    let peer_fin = u64::from(sock.fins & PEER_FIN != 0);
+    let key = sock.key;
+    flow(&key, |c| {
+        c.closed += 1;
+        // bytes_acked counts our SYN too.
+        c.bytes_sent += acked.saturating_sub(1 + own_fin);
+        c.bytes_received += received.saturating_sub(peer_fin);
+    });
+    let _ = FLOW_SOCKETS.remove(&cookie);
+}
+
+#[inline(always)]
+fn established(ctx: &SockOpsContext) {
     // SAFETY: the context is a valid bpf_sock_ops for this helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once.
     let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }).copied() else {
         return;
     };
+    let flow_socket = FlowSocket {
+        key: outbound_key(&orig),
+        // SAFETY: the helper has no preconditions.
+        started_ns: unsafe { bpf_ktime_get_ns() },
+        fins: 0,
+        _pad: [0; 3],
+    };
+    // Without the entry or the callbacks the close is not counted: the daemon's own
+    // counts remain exact, and the flow shows opened > closed.
+    if FLOW_SOCKETS.insert(&cookie, &flow_socket, 0).is_ok() {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
     let mut key = sock_key(ctx);
     // If this fails the daemon does not find the destination and closes the connection.
     let _ = ORIG_BY_TUPLE.insert(&key, &orig, 0);
@@ -440,6 +570,18 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i64> {
     }
     if workload.flags & WORKLOAD_STRICT != 0 {
         count(Counter::BypassDropped, 1);
+        let port: u16 = ctx.load(tcp + 2)?;
+        denied(
+            FlowKey {
+                cgroup_id: cgroup,
+                addr: src.addr,
+                port: u16::from_be(port),
+                family: src.family as u16,
+                direction: FLOW_INBOUND,
+                _pad: 0,
+            },
+            DENY_STRICT_BYPASS,
+        );
         Ok(REFUSE)
     } else {
         count(Counter::BypassAllowed, 1);

@@ -112,7 +112,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let server_tls =
         identity::tls::server_config(secrets.clone(), bundle.clone(), state.trust_domain.clone())?;
 
-    let datapath = Datapath::install(&config.pin_dir(), &state.attach_cgroup, state.socket_map)?;
+    let mut datapath = Datapath::install(&config.pin_dir(), &state.attach_cgroup, state.socket_map)?;
     datapath
         .maps
         .lock()
@@ -145,6 +145,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     );
     admin.set_state_loaded();
     admin.set_programs_attached(datapath.attached());
+    let kernel_events = datapath.take_events().map(|ring| {
+        (ring, state_rx.clone(), connections.clone())
+    });
     let inbound_inputs = Arc::new(InboundInputs {
         state: state_rx,
         tls: server_tls,
@@ -170,6 +173,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         admin.clone(),
         stop_serving.clone(),
     ));
+    if let Some((ring, state, connections)) = kernel_events {
+        servers.spawn(crate::ebpf::events::forward(ring, state, connections, stop_serving.clone()));
+    }
     let listeners = tokio::spawn(outbound.run(inputs, stop.clone(), tasks.clone()));
     let hbone = tokio::spawn(inbound.run(inbound_inputs, stop.clone(), tasks.clone()));
     let renewals = tokio::spawn(secrets.clone().run(stop.clone()));

@@ -55,6 +55,11 @@ impl DaemonAdmin {
     }
 
     /// The config now in force (after a reload).
+    /// The state in force.
+    pub fn state(&self) -> Arc<MeshState> {
+        self.state.borrow().clone()
+    }
+
     pub fn set_config(&self, config: Config) {
         self.config.store(Arc::new(config));
     }

@@ -13,7 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{daemon::DaemonAdmin, grpc::AdminSocket, http, AdminError, AdminSource as _, LogControl};
-use crate::{config::Config, ebpf::Maps, metrics::Metrics};
+use crate::{
+    config::Config,
+    ebpf::{flows::FlowLedger, Maps},
+    metrics::Metrics,
+};
 
 /// The four listeners, bound.
 pub struct Surfaces {
@@ -54,6 +58,20 @@ impl Surfaces {
     }
 }
 
+/// The kernel's per-flow counters into `mesh_kernel_flow_*`, harvesting idle and
+/// un-enrolled flows out of the map (see `ebpf::flows`).
+fn export_flows(maps: &mut Maps, ledger: &mut FlowLedger, admin: &DaemonAdmin, metrics: &Metrics) {
+    let state = admin.state();
+    let round = ledger.round(&state, &maps.flows());
+    for (labels, totals) in &round.totals {
+        metrics.set_kernel_flow(labels, totals);
+    }
+    if !round.harvest.is_empty() {
+        let deleted = maps.harvest_flows(&round.harvest);
+        ledger.harvested(&state, &deleted);
+    }
+}
+
 /// How often readiness and the kernel's counters are looked at.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Map fill is counted by walking the maps' keys: less often.
@@ -76,6 +94,7 @@ pub async fn upkeep(
     let mut last_reasons: Option<Vec<&'static str>> = None;
     let mut identities = BTreeSet::new();
     let mut round = 0u32;
+    let mut flows = FlowLedger::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -83,7 +102,8 @@ pub async fn upkeep(
         }
         admin.export_certificates(&metrics, &mut identities);
         {
-            let maps = maps.lock().expect("maps lock poisoned");
+            let mut maps = maps.lock().expect("maps lock poisoned");
+            export_flows(&mut maps, &mut flows, &admin, &metrics);
             match maps.counters() {
                 Ok(counters) => counters
                     .iter()

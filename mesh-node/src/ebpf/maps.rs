@@ -8,12 +8,12 @@ use std::{
 
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Array, HashMap, Map, MapData, MapError, PerCpuArray,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
 };
 use ipnet::IpNet;
 use mesh_common::{
-    Counter, IpKey, OrigDst, Settings, SockKey, VerdictKey, Workload, AF_INET, AF_INET6, MAP_COUNTERS,
-    MAP_ENROLLED, MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4, MAP_EXCLUDED_V6, MAP_ORIG_BY_TUPLE, MAP_SETTINGS,
+    Counter, FlowCounters, FlowKey, IpKey, OrigDst, Settings, SockKey, VerdictKey, Workload, AF_INET, AF_INET6, MAP_COUNTERS,
+    MAP_ENROLLED, MAP_FLOWS, MAX_FLOWS, MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4, MAP_EXCLUDED_V6, MAP_ORIG_BY_TUPLE, MAP_SETTINGS,
     MAP_TRUSTED_SOURCES, MAP_VERDICTS, MAX_EXCLUSIONS, MAX_PENDING_CONNECTIONS, MAX_TRUSTED_SOURCES,
     MAX_VERDICTS, MAX_WORKLOADS, SETTINGS_HAS_V4, SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP, WORKLOAD_STRICT,
 };
@@ -34,6 +34,7 @@ pub struct Maps {
     counters: PerCpuArray<MapData, u64>,
     trusted_sources: HashMap<MapData, IpKey, u8>,
     verdicts: HashMap<MapData, VerdictKey, u8>,
+    flows: PerCpuHashMap<MapData, FlowKey, FlowCounters>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -104,6 +105,7 @@ impl Maps {
                 .take(MAP_VERDICTS)?
                 .try_into()
                 .map_err(map_err(MAP_VERDICTS))?,
+            flows: src.take(MAP_FLOWS)?.try_into().map_err(map_err(MAP_FLOWS))?,
         })
     }
 
@@ -181,11 +183,7 @@ impl Maps {
         let key = sock_key(client, server);
         let orig = self.orig_by_tuple.get(&key, 0).ok()?;
         let _ = self.orig_by_tuple.remove(&key);
-        let ip = match orig.family {
-            AF_INET => IpAddr::V4(Ipv4Addr::from(orig.addr[0].to_ne_bytes())),
-            AF_INET6 => IpAddr::V6(from_words(orig.addr)),
-            _ => return None,
-        };
+        let ip = key_ip(orig.family, orig.addr)?;
         Some((SocketAddr::new(ip, orig.port), CgroupId(orig.cgroup_id)))
     }
 
@@ -221,6 +219,7 @@ impl Maps {
                 ratio(self.orig_by_tuple.keys().count(), MAX_PENDING_CONNECTIONS),
             ),
             (MAP_VERDICTS, ratio(self.verdicts.keys().count(), MAX_VERDICTS)),
+            (MAP_FLOWS, ratio(self.flows.keys().count(), MAX_FLOWS)),
             (
                 MAP_TRUSTED_SOURCES,
                 ratio(self.trusted_sources.keys().count(), MAX_TRUSTED_SOURCES),
@@ -230,6 +229,31 @@ impl Maps {
                 ratio(self.excluded_ports.keys().count(), MAX_EXCLUSIONS),
             ),
         ]
+    }
+
+    /// Every flow of `MESH_FLOWS` with its counts summed over CPUs.
+    pub fn flows(&self) -> Vec<(FlowKey, FlowCounters)> {
+        self.flows
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, sum_flow(per_cpu.iter())))
+            .collect()
+    }
+
+    /// Deletes `keys` from `MESH_FLOWS`, returning the counts each had when deleted (read
+    /// just before: an increment in between is lost, which is why only idle flows are
+    /// harvested). Keys already gone are skipped.
+    pub fn harvest_flows(&mut self, keys: &[FlowKey]) -> Vec<(FlowKey, FlowCounters)> {
+        let mut deleted = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Ok(per_cpu) = self.flows.get(key, 0) else {
+                continue;
+            };
+            if self.flows.remove(key).is_ok() {
+                deleted.push((*key, sum_flow(per_cpu.iter())));
+            }
+        }
+        deleted
     }
 
     pub fn pending_orig_dsts(&self) -> usize {
@@ -279,6 +303,25 @@ fn sync_lpm<const N: usize>(
         map.remove(&k).map_err(map_err(name))?;
     }
     Ok(())
+}
+
+fn sum_flow<'a>(per_cpu: impl Iterator<Item = &'a FlowCounters>) -> FlowCounters {
+    per_cpu.fold(FlowCounters::default(), |a, c| FlowCounters {
+        opened: a.opened + c.opened,
+        closed: a.closed + c.closed,
+        bytes_sent: a.bytes_sent + c.bytes_sent,
+        bytes_received: a.bytes_received + c.bytes_received,
+        denied: a.denied + c.denied,
+    })
+}
+
+/// The address of a kernel key (`family`, network-order words), if the family is known.
+pub fn key_ip(family: u16, addr: [u32; 4]) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::from(addr[0].to_ne_bytes()))),
+        AF_INET6 => Some(IpAddr::V6(from_words(addr))),
+        _ => None,
+    }
 }
 
 fn ip_key(ip: IpAddr) -> IpKey {

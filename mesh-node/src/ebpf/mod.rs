@@ -7,6 +7,8 @@
 //! the old one and only then unpins the old links, so enrolled workloads are never
 //! without programs (and, with no daemon listening, their connects are refused).
 mod bpffs;
+pub mod events;
+pub mod flows;
 pub mod maps;
 mod verdicts;
 
@@ -25,7 +27,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use mesh_common::{
-    SockKey, MAP_SOCKETS, PROG_CONNECT4, PROG_CONNECT6, PROG_INGRESS, PROG_SK_MSG, PROG_SOCK_OPS,
+    SockKey, MAP_FLOW_EVENTS, MAP_SOCKETS, PROG_CONNECT4, PROG_CONNECT6, PROG_INGRESS, PROG_SK_MSG, PROG_SOCK_OPS,
 };
 
 pub use maps::Maps;
@@ -99,6 +101,8 @@ pub struct Datapath {
     /// Keeps the program fds (and the sk_msg attachment) alive.
     _ebpf: Ebpf,
     pub maps: Arc<Mutex<Maps>>,
+    /// The kernel's flow events, until the daemon takes them ([`Datapath::take_events`]).
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     pin_dir: PathBuf,
 }
 
@@ -181,11 +185,25 @@ impl Datapath {
         }
         tracing::info!(generation, cgroup = %cgroup.display(), pin_dir = %pin_dir.display(), "programs attached");
         let maps = Maps::open(&mut ebpf)?;
+        let events = ebpf
+            .take_map(MAP_FLOW_EVENTS)
+            .ok_or(DatapathError::MissingMap(MAP_FLOW_EVENTS))?
+            .try_into()
+            .map_err(|source| DatapathError::Map {
+                name: MAP_FLOW_EVENTS,
+                source,
+            })?;
         Ok(Datapath {
             _ebpf: ebpf,
             maps: Arc::new(Mutex::new(maps)),
+            events: Some(events),
             pin_dir: pin_dir.to_path_buf(),
         })
+    }
+
+    /// The ring buffer of the kernel's flow events; `None` once taken.
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.events.take()
     }
 
     pub fn pin_dir(&self) -> &Path {

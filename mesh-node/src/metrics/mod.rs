@@ -4,6 +4,7 @@
 //!
 //! Every label value comes from a bounded set (workloads, identities, map and counter
 //! names, fixed verdicts): never a connection id, a port or a client address.
+mod flows;
 mod tcp;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -16,6 +17,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use flows::FlowFamilies;
+pub use flows::{FlowLabels, FlowTotals};
 use tcp::TcpFamilies;
 pub use tcp::{Reporter, SecurityPolicy, TcpCounters, TcpLabels, NO_FLAGS, UNKNOWN};
 
@@ -65,6 +68,7 @@ struct KernelLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    kernel_flows: FlowFamilies,
     tcp: Arc<TcpFamilies>,
     policy_decisions: Family<VerdictLabels, Counter>,
     tls_handshakes: Family<HandshakeLabels, Counter>,
@@ -151,7 +155,9 @@ impl Metrics {
              towards it)",
             spliced_bytes.clone(),
         );
+        let kernel_flows = FlowFamilies::register(&mut registry);
         Arc::new(Metrics {
+            kernel_flows,
             registry,
             spliced_connections,
             spliced_bytes,
@@ -162,6 +168,11 @@ impl Metrics {
             bpf_map_fill,
             datapath,
         })
+    }
+
+    /// `mesh_kernel_flow_*{labels}` := the kernel's totals of that aggregate.
+    pub fn set_kernel_flow(&self, labels: &FlowLabels, totals: &FlowTotals) {
+        self.kernel_flows.set(labels, totals);
     }
 
     /// The `istio_tcp_*` counters of one label set.
