@@ -113,3 +113,22 @@ pub fn follow_flows(lab: &Lab, node: &Node, args: &[&str]) -> LabChild {
         .unwrap_or_else(|e| panic!("mesh-node flows on {}: {e}", node.name));
     child
 }
+
+/// Scrapes `node` until `ready` holds for the scrape (the daemon exports the kernel's
+/// counters once a second), and returns that scrape. Panics after 30 s with the last one.
+#[track_caller]
+pub fn scrape_until(lab: &Lab, node: &Node, what: &str, mut ready: impl FnMut(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let text = scrape(lab, node);
+        if ready(&text) {
+            return text;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("{what}: not seen on {} within {TIMEOUT:?}:\n{text}", node.name);
+        }
+        // Each scrape is a process run in the node's namespace: this loop waits on the
+        // daemon's next export, it does not time anything.
+        std::thread::yield_now();
+    }
+}

@@ -9,7 +9,7 @@ use common::*;
 use mesh_tests::{
     mesh::{admin_socket, MeshSpec},
     mesh_node_bin,
-    observe::{follow_flows, http_get, promtool_check, sample, scrape},
+    observe::{follow_flows, http_get, promtool_check, sample, scrape, scrape_until},
     require_privileges, Lab, LabChild,
 };
 
@@ -100,6 +100,31 @@ fn counters_of_both_reporters_equal_what_the_applications_sent() {
         assert_eq!(get("istio_tcp_received_bytes_total"), n * bytes, "{what}");
         assert_eq!(get("istio_tcp_sent_bytes_total"), n * bytes, "{what}");
     };
+    // The kernel's own count of the same transfers, from the client's sockets.
+    let kernel = |text: &str, peer: &str, (n, bytes): (u64, u64)| {
+        let labels = [
+            ("direction", "outbound"),
+            ("workload", "client"),
+            ("peer_workload", peer),
+        ];
+        let get = |name: &str| sample(text, name, &labels).unwrap_or(0);
+        assert_eq!(get("mesh_kernel_flow_connections_opened_total"), n, "{peer}\n{text}");
+        assert_eq!(get("mesh_kernel_flow_sent_bytes_total"), n * bytes, "{peer}\n{text}");
+        assert_eq!(get("mesh_kernel_flow_received_bytes_total"), n * bytes, "{peer}\n{text}");
+        assert_eq!(get("mesh_kernel_flow_denied_total"), 0, "{peer}\n{text}");
+    };
+    let closed = |text: &str, peer: &str| {
+        sample(
+            text,
+            "mesh_kernel_flow_connections_closed_total",
+            &[("workload", "client"), ("peer_workload", peer)],
+        )
+    };
+    let k1 = scrape_until(&lab, &n1, "the kernel saw every close", |t| {
+        closed(t, "server") == Some(FAR.0) && closed(t, "near") == Some(NEAR.0)
+    });
+    kernel(&k1, "server", FAR);
+    kernel(&k1, "near", NEAR);
     check(&m1, "source", "server", "mutual_tls", FAR);
     check(&m2, "destination", "server", "mutual_tls", FAR);
     // Same node: this daemon is both ends, and reports both.
@@ -187,6 +212,53 @@ fn flows_follow_shows_open_close_and_deny_of_connections_made_after_it_started()
         table.stdout().lines().iter().all(|l| !l.contains("near")),
         "the --destination filter let another destination through"
     );
+}
+
+#[test]
+fn kernel_denials_reach_flows_and_idle_flows_leave_the_map_without_losing_counts() {
+    if !require_privileges() {
+        return;
+    }
+    let lab = Lab::new("obs-kflows");
+    let n1 = lab.add_node();
+    let client = lab.add_pod(&n1, "client");
+    let near = lab.add_pod(&n1, "near");
+    let mut mesh = MeshSpec::new(&[&n1], &[&client, &near]);
+    // Decided in connect() by the kernel: the daemon never sees this connection.
+    mesh.policies = mesh_node::policy::parse_yaml(DENY_7002).unwrap();
+    let _daemons = mesh.start(&lab);
+    let _echo = serve(&lab, &near, "echo", 7001);
+    let flows = follow_flows(&lab, &n1, &["-o", "json", "--kind", "deny"]);
+
+    let out = echo(&lab, &client, sock(near.ipv4(), 7002), 100, 1);
+    assert!(!out.success(), "port 7002 should be denied: {out}");
+    let deny = &wait_events(&flows, 1, is("deny", "default/near"))[0];
+    assert_eq!(deny["source"], "default/client", "{deny}");
+    let reason = deny["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("kernel by the policy fast path") && reason.contains("7002"), "{deny}");
+    assert!(echo(&lab, &client, sock(near.ipv4(), 7001), 1234, 2).success());
+
+    let labels = [("workload", "client"), ("peer_workload", "near")];
+    let get = |text: &str, name: &str| sample(text, name, &labels);
+    let before = scrape_until(&lab, &n1, "the kernel's counts", |t| {
+        get(t, "mesh_kernel_flow_connections_closed_total") == Some(2)
+            && get(t, "mesh_kernel_flow_denied_total") == Some(1)
+    });
+    let keys = |t: &str| sample(t, "mesh_kernel_flow_keys", &[]).expect("mesh_kernel_flow_keys");
+    assert!(keys(&before) > 0, "the flows are in the map:\n{before}");
+    // Idle flows are harvested into the daemon's totals: the map empties, the series stay.
+    let after = scrape_until(&lab, &n1, "the idle flows harvested", |t| keys(t) == 0);
+    for name in [
+        "mesh_kernel_flow_connections_opened_total",
+        "mesh_kernel_flow_connections_closed_total",
+        "mesh_kernel_flow_sent_bytes_total",
+        "mesh_kernel_flow_received_bytes_total",
+        "mesh_kernel_flow_denied_total",
+    ] {
+        assert_eq!(get(&after, name), get(&before, name), "{name} changed by the harvest");
+    }
+    assert_eq!(get(&after, "mesh_kernel_flow_sent_bytes_total"), Some(2 * 1234));
+    promtool_check(&after).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]

@@ -62,14 +62,17 @@ impl Surfaces {
 /// un-enrolled flows out of the map (see `ebpf::flows`).
 fn export_flows(maps: &mut Maps, ledger: &mut FlowLedger, admin: &DaemonAdmin, metrics: &Metrics) {
     let state = admin.state();
-    let round = ledger.round(&state, &maps.flows());
+    let live = maps.flows();
+    let round = ledger.round(&state, &live);
     for (labels, totals) in &round.totals {
         metrics.set_kernel_flow(labels, totals);
     }
+    let mut deleted = Vec::new();
     if !round.harvest.is_empty() {
-        let deleted = maps.harvest_flows(&round.harvest);
+        deleted = maps.harvest_flows(&round.harvest);
         ledger.harvested(&state, &deleted);
     }
+    metrics.set_kernel_flow_keys(live.len() - deleted.len());
 }
 
 /// How often readiness and the kernel's counters are looked at.

@@ -21,8 +21,8 @@ use crate::{
     state::{CgroupId, MeshState},
 };
 
-/// How many unchanged upkeep rounds make a key idle enough to harvest.
-const IDLE_ROUNDS: u8 = 2;
+/// How many unchanged upkeep rounds (one a second) make a key idle enough to harvest.
+const IDLE_ROUNDS: u8 = 5;
 
 #[derive(Default)]
 pub struct FlowLedger {

@@ -5,7 +5,7 @@ use std::sync::{atomic::Ordering, Arc};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -43,7 +43,10 @@ pub struct FlowLabels {
 type Families = [Family<FlowLabels, Counter<u64>>; 5];
 
 #[derive(Clone, Debug)]
-pub(super) struct FlowFamilies(Arc<Families>);
+pub(super) struct FlowFamilies {
+    families: Arc<Families>,
+    keys: Gauge,
+}
 
 impl FlowFamilies {
     pub(super) fn register(registry: &mut Registry) -> FlowFamilies {
@@ -70,14 +73,27 @@ impl FlowFamilies {
         for ((name, help), family) in help.into_iter().zip(&families) {
             registry.register(name, help, family.clone());
         }
-        FlowFamilies(Arc::new(families))
+        let keys = Gauge::default();
+        registry.register(
+            "mesh_kernel_flow_keys",
+            "Flows in the kernel's per-flow map after the daemon's last harvest",
+            keys.clone(),
+        );
+        FlowFamilies {
+            families: Arc::new(families),
+            keys,
+        }
+    }
+
+    pub(super) fn set_keys(&self, n: usize) {
+        self.keys.set(n as i64);
     }
 
     /// Sets the series of `labels` to the kernel's running totals (set, not added: reading
     /// twice never double counts).
     pub(super) fn set(&self, labels: &FlowLabels, totals: &FlowTotals) {
         let values = [totals.opened, totals.closed, totals.sent, totals.received, totals.denied];
-        for (family, value) in self.0.iter().zip(values) {
+        for (family, value) in self.families.iter().zip(values) {
             family.get_or_create(labels).inner().store(value, Ordering::Relaxed);
         }
     }

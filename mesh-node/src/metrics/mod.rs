@@ -175,6 +175,11 @@ impl Metrics {
         self.kernel_flows.set(labels, totals);
     }
 
+    /// `mesh_kernel_flow_keys` := keys left in the kernel's per-flow map.
+    pub fn set_kernel_flow_keys(&self, n: usize) {
+        self.kernel_flows.set_keys(n);
+    }
+
     /// The `istio_tcp_*` counters of one label set.
     pub fn tcp(&self, labels: &TcpLabels) -> TcpCounters {
         TcpCounters::new(self.tcp.clone(), labels)
