@@ -2,10 +2,17 @@
 //! standalone (embedded default) mode. curl in the client pod talks to python's
 //! http.server in the web pod; the mesh captures the connection in the kernel and the
 //! node daemon carries it. Then the client's node daemon is killed to show that the mesh
-//! fails closed. Everything is torn down at the end.
+//! fails closed. It ends with what the operator sees of it: the nodes' metrics for the
+//! request and an excerpt of `mesh-node flows`. Everything is torn down at the end.
 use std::time::Duration;
 
-use crate::{labtool_bin, mesh::MeshSpec, mesh_node_bin, require_privileges, Lab};
+use crate::{
+    labtool_bin,
+    mesh::MeshSpec,
+    mesh_node_bin,
+    observe::{follow_flows, scrape},
+    require_privileges, Lab,
+};
 use anyhow::{bail, Result};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -59,6 +66,7 @@ pub fn run() -> Result<()> {
             .arg(&site),
     );
     server.wait_stdout("Serving HTTP", TIMEOUT);
+    let flows = follow_flows(&lab, &node1, &[]);
 
     let mut seen_lines = 0;
     for url in [
@@ -101,6 +109,14 @@ pub fn run() -> Result<()> {
     );
     print!("{}", out.stdout);
 
+    // Both connections closed (the flow stream says so) before the metrics are read.
+    flows
+        .stdout()
+        .wait_for_line_from(0, |l| l.contains("CLOSE"), TIMEOUT)
+        .and_then(|(i, _)| flows.stdout().wait_for_line_from(i + 1, |l| l.contains("CLOSE"), TIMEOUT))
+        .map_err(|e| anyhow::anyhow!("flows showed no close: {e}"))?;
+    let metrics = [&node1, &node2].map(|n| (n.name.clone(), scrape(&lab, n)));
+
     println!("\n== killing {}'s daemon: the mesh must fail closed", node1.name);
     daemons[0].kill();
     let url = format!("http://{}:8080/", web.ipv4());
@@ -112,7 +128,17 @@ pub fn run() -> Result<()> {
         bail!("curl succeeded with the daemon down: traffic bypassed the mesh");
     }
     println!("   client$ curl {url} -> {}", out.stderr.trim());
+
+    for (node, text) in &metrics {
+        println!("\n== {node}'s metrics for the request (curl -s 127.0.0.1:15020/metrics | grep web):");
+        text.lines()
+            .filter(|l| l.starts_with("istio_tcp_") && l.contains("destination_workload=\"web\""))
+            .for_each(|l| println!("   {l}"));
+    }
+    println!("\n== {}$ mesh-node flows --follow (excerpt):", node1.name);
+    flows.stdout().lines().iter().for_each(|l| println!("   {l}"));
     println!("\n== demo done; tearing the lab down");
+    drop(flows);
     drop(daemons);
     drop(server);
     drop(lab);
