@@ -29,16 +29,18 @@ use aya_ebpf::{
     helpers::bpf_skb_cgroup_id,
     helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{cgroup_skb, cgroup_sock_addr, map, sk_msg, sock_ops},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SockHash},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SockHash,
+    },
     programs::{SkBuffContext, SkMsgContext, SockAddrContext, SockOpsContext},
     EbpfContext as _,
 };
 use mesh_common::{
     Counter, FlowCounters, FlowKey, FlowSocket, IpKey, KernelEvent, OrigDst, Settings, SockKey, VerdictKey,
     Workload, AF_INET, AF_INET6, COUNTER_SLOTS, DENY_POLICY, DENY_STRICT_BYPASS, DENY_UNCAPTURABLE,
-    FLOW_EVENTS_BYTES, FLOW_INBOUND, FLOW_OUTBOUND, MAX_FLOWS,
-    MAX_EXCLUSIONS, MAX_PENDING_CONNECTIONS, MAX_SOCKETS, MAX_TRUSTED_SOURCES, MAX_VERDICTS, MAX_WORKLOADS,
-    SETTINGS_HAS_V4, SETTINGS_HAS_V6, SETTINGS_SOCKET_MAP, VERDICT_DENY, WORKLOAD_STRICT,
+    FLOW_EVENTS_BYTES, FLOW_INBOUND, FLOW_OUTBOUND, MAX_EXCLUSIONS, MAX_FLOWS, MAX_PENDING_CONNECTIONS,
+    MAX_SOCKETS, MAX_TRUSTED_SOURCES, MAX_VERDICTS, MAX_WORKLOADS, SETTINGS_HAS_V4, SETTINGS_HAS_V6,
+    SETTINGS_SOCKET_MAP, VERDICT_DENY, WORKLOAD_STRICT,
 };
 
 /// cgroup id → enrolled workload. Written by the daemon.

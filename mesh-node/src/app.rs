@@ -145,9 +145,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     );
     admin.set_state_loaded();
     admin.set_programs_attached(datapath.attached());
-    let kernel_events = datapath.take_events().map(|ring| {
-        (ring, state_rx.clone(), connections.clone())
-    });
+    let kernel_events = datapath
+        .take_events()
+        .map(|ring| (ring, state_rx.clone(), connections.clone()));
     let inbound_inputs = Arc::new(InboundInputs {
         state: state_rx,
         tls: server_tls,
@@ -174,7 +174,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         stop_serving.clone(),
     ));
     if let Some((ring, state, connections)) = kernel_events {
-        servers.spawn(crate::ebpf::events::forward(ring, state, connections, stop_serving.clone()));
+        servers.spawn(crate::ebpf::events::forward(
+            ring,
+            state,
+            connections,
+            stop_serving.clone(),
+        ));
     }
     let listeners = tokio::spawn(outbound.run(inputs, stop.clone(), tasks.clone()));
     let hbone = tokio::spawn(inbound.run(inbound_inputs, stop.clone(), tasks.clone()));

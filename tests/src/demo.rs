@@ -113,7 +113,11 @@ pub fn run() -> Result<()> {
     flows
         .stdout()
         .wait_for_line_from(0, |l| l.contains("CLOSE"), TIMEOUT)
-        .and_then(|(i, _)| flows.stdout().wait_for_line_from(i + 1, |l| l.contains("CLOSE"), TIMEOUT))
+        .and_then(|(i, _)| {
+            flows
+                .stdout()
+                .wait_for_line_from(i + 1, |l| l.contains("CLOSE"), TIMEOUT)
+        })
         .map_err(|e| anyhow::anyhow!("flows showed no close: {e}"))?;
     let metrics = [&node1, &node2].map(|n| (n.name.clone(), scrape(&lab, n)));
 

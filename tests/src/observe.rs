@@ -23,7 +23,11 @@ pub fn http_get(lab: &Lab, node: &Node, port: u16, path: &str) -> (u16, String) 
         TIMEOUT,
     );
     assert!(out.success(), "curl {path} on {}: {out}", node.name);
-    let (body, status) = out.stdout.trim_end().rsplit_once('\n').expect("curl printed the status");
+    let (body, status) = out
+        .stdout
+        .trim_end()
+        .rsplit_once('\n')
+        .expect("curl printed the status");
     (status.trim().parse().expect("an http status"), body.to_owned())
 }
 
@@ -67,7 +71,9 @@ pub fn promtool_check(text: &str) -> Result<(), String> {
         .is_ok_and(|o| o.status.success());
     if !installed {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            return Err("promtool is not installed (Debian package `prometheus`, see cargo xtask setup)".into());
+            return Err(
+                "promtool is not installed (Debian package `prometheus`, see cargo xtask setup)".into(),
+            );
         }
         eprintln!("SKIP: promtool not installed, the scrape is not checked");
         return Ok(());

@@ -66,14 +66,34 @@ fn counters_of_both_reporters_equal_what_the_applications_sent() {
 
     const FAR: (u64, u64) = (4, 300_007); // connections, bytes each way
     const NEAR: (u64, u64) = (3, 65_536 + 3);
-    let out = echo(&lab, &client, sock(server.ipv4(), 7001), FAR.1 as usize, FAR.0 as usize);
+    let out = echo(
+        &lab,
+        &client,
+        sock(server.ipv4(), 7001),
+        FAR.1 as usize,
+        FAR.0 as usize,
+    );
     assert!(out.success(), "{out}");
-    let out = echo(&lab, &client, sock(near.ipv4(), 7001), NEAR.1 as usize, NEAR.0 as usize);
+    let out = echo(
+        &lab,
+        &client,
+        sock(near.ipv4(), 7001),
+        NEAR.1 as usize,
+        NEAR.0 as usize,
+    );
     assert!(out.success(), "{out}");
     for e in wait_events(&flows1, FAR.0 as usize, is("close", "default/server"))
         .iter()
-        .chain(&wait_events(&flows2, FAR.0 as usize, is("close", "default/server")))
-        .chain(&wait_events(&flows1, NEAR.0 as usize, is("close", "default/near")))
+        .chain(&wait_events(
+            &flows2,
+            FAR.0 as usize,
+            is("close", "default/server"),
+        ))
+        .chain(&wait_events(
+            &flows1,
+            NEAR.0 as usize,
+            is("close", "default/near"),
+        ))
     {
         assert!(e["reason"].is_null(), "{e}");
     }
@@ -108,9 +128,21 @@ fn counters_of_both_reporters_equal_what_the_applications_sent() {
             ("peer_workload", peer),
         ];
         let get = |name: &str| sample(text, name, &labels).unwrap_or(0);
-        assert_eq!(get("mesh_kernel_flow_connections_opened_total"), n, "{peer}\n{text}");
-        assert_eq!(get("mesh_kernel_flow_sent_bytes_total"), n * bytes, "{peer}\n{text}");
-        assert_eq!(get("mesh_kernel_flow_received_bytes_total"), n * bytes, "{peer}\n{text}");
+        assert_eq!(
+            get("mesh_kernel_flow_connections_opened_total"),
+            n,
+            "{peer}\n{text}"
+        );
+        assert_eq!(
+            get("mesh_kernel_flow_sent_bytes_total"),
+            n * bytes,
+            "{peer}\n{text}"
+        );
+        assert_eq!(
+            get("mesh_kernel_flow_received_bytes_total"),
+            n * bytes,
+            "{peer}\n{text}"
+        );
         assert_eq!(get("mesh_kernel_flow_denied_total"), 0, "{peer}\n{text}");
     };
     let closed = |text: &str, peer: &str| {
@@ -131,20 +163,45 @@ fn counters_of_both_reporters_equal_what_the_applications_sent() {
     check(&m1, "source", "near", "none", NEAR);
     check(&m1, "destination", "near", "none", NEAR);
     assert_eq!(
-        sample(&m1, "istio_tcp_connections_opened_total", &[("reporter", "destination")]),
+        sample(
+            &m1,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "destination")]
+        ),
         Some(NEAR.0),
         "node1 is the destination of the same-node connections only:\n{m1}"
     );
     assert_eq!(
-        sample(&m2, "istio_tcp_connections_opened_total", &[("reporter", "source")]),
+        sample(
+            &m2,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "source")]
+        ),
         None,
         "node2 was the source of nothing:\n{m2}"
     );
     // Internals: handshakes on both sides, an SVID expiry per local identity.
-    assert!(sample(&m1, "mesh_tls_handshakes_total", &[("side", "client"), ("result", "ok")]) >= Some(1));
-    assert!(sample(&m2, "mesh_tls_handshakes_total", &[("side", "server"), ("result", "ok")]) >= Some(1));
+    assert!(
+        sample(
+            &m1,
+            "mesh_tls_handshakes_total",
+            &[("side", "client"), ("result", "ok")]
+        ) >= Some(1)
+    );
+    assert!(
+        sample(
+            &m2,
+            "mesh_tls_handshakes_total",
+            &[("side", "server"), ("result", "ok")]
+        ) >= Some(1)
+    );
     let client_id = "spiffe://cluster.local/ns/default/sa/client";
-    assert!(sample(&m1, "mesh_svid_expiry_timestamp_seconds", &[("identity", client_id)]).is_some());
+    assert!(sample(
+        &m1,
+        "mesh_svid_expiry_timestamp_seconds",
+        &[("identity", client_id)]
+    )
+    .is_some());
     for text in [&m1, &m2] {
         promtool_check(text).unwrap_or_else(|e| panic!("{e}"));
         assert!(
@@ -195,7 +252,10 @@ fn flows_follow_shows_open_close_and_deny_of_connections_made_after_it_started()
         "spiffe://cluster.local/ns/default/sa/server"
     );
     let close = &wait_events(&json, 1, is("close", "default/server"))[0];
-    assert_eq!((close["bytesSent"].as_u64(), close["bytesReceived"].as_u64()), (Some(5000), Some(5000)));
+    assert_eq!(
+        (close["bytesSent"].as_u64(), close["bytesReceived"].as_u64()),
+        (Some(5000), Some(5000))
+    );
     assert!(close["durationMs"].is_u64(), "{close}");
     let line = table
         .stdout()
@@ -235,7 +295,10 @@ fn kernel_denials_reach_flows_and_idle_flows_leave_the_map_without_losing_counts
     let deny = &wait_events(&flows, 1, is("deny", "default/near"))[0];
     assert_eq!(deny["source"], "default/client", "{deny}");
     let reason = deny["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("kernel by the policy fast path") && reason.contains("7002"), "{deny}");
+    assert!(
+        reason.contains("kernel by the policy fast path") && reason.contains("7002"),
+        "{deny}"
+    );
     assert!(echo(&lab, &client, sock(near.ipv4(), 7001), 1234, 2).success());
 
     let labels = [("workload", "client"), ("peer_workload", "near")];
@@ -255,7 +318,11 @@ fn kernel_denials_reach_flows_and_idle_flows_leave_the_map_without_losing_counts
         "mesh_kernel_flow_received_bytes_total",
         "mesh_kernel_flow_denied_total",
     ] {
-        assert_eq!(get(&after, name), get(&before, name), "{name} changed by the harvest");
+        assert_eq!(
+            get(&after, name),
+            get(&before, name),
+            "{name} changed by the harvest"
+        );
     }
     assert_eq!(get(&after, "mesh_kernel_flow_sent_bytes_total"), Some(2 * 1234));
     promtool_check(&after).unwrap_or_else(|e| panic!("{e}"));
@@ -271,7 +338,10 @@ fn readiness_turns_false_when_the_programs_are_removed() {
     let client = lab.add_pod(&n1, "client");
     let daemons = MeshSpec::new(&[&n1], &[&client]).start(&lab);
     daemons[0].wait_for_log("readiness: ready", T);
-    assert_eq!(http_get(&lab, &n1, HEALTH_PORT, "/healthz/ready"), (200, "ready\n".into()));
+    assert_eq!(
+        http_get(&lab, &n1, HEALTH_PORT, "/healthz/ready"),
+        (200, "ready\n".into())
+    );
     let from = daemons[0].output().line_count();
     lab.run(
         std::process::Command::new(mesh_node_bin())
@@ -340,9 +410,7 @@ fn admin_serves_the_node_and_refuses_pods() {
     assert!(out.stdout.contains("log filter set to debug"), "{out}");
     assert_eq!(http_get(&lab, &n1, ADMIN_PORT, "/logging").1.trim(), "debug");
     let socket = admin_socket(&lab, &n1);
-    let status = |cmd: &mut std::process::Command| {
-        lab.run(cmd.arg("status").arg("--socket").arg(&socket), T)
-    };
+    let status = |cmd: &mut std::process::Command| lab.run(cmd.arg("status").arg("--socket").arg(&socket), T);
     let out = status(&mut n1.command(mesh_node_bin()));
     assert!(out.success() && out.stdout.contains("node1"), "{out}");
     let out = lab.run(
@@ -394,7 +462,11 @@ fn a_restarted_daemon_carries_on_from_the_kernel_counters_without_double_countin
     assert_eq!(exported, before, "kernel totals are copied, never added:\n{text}");
     assert_eq!(captured(&lab, &n1), before, "the pinned counters were kept");
     // User-space counts of connections are not replayed: the new daemon carried none yet.
-    assert_eq!(sample(&text, "istio_tcp_connections_opened_total", &[]), None, "{text}");
+    assert_eq!(
+        sample(&text, "istio_tcp_connections_opened_total", &[]),
+        None,
+        "{text}"
+    );
     assert!(echo(&lab, &client, sock(near.ipv4(), 7001), 1000, 1).success());
     assert_eq!(captured(&lab, &n1), before + 1);
 }

@@ -113,7 +113,7 @@ pub async fn upkeep(
                     .for_each(|(name, v)| metrics.set_kernel_counter(name, *v)),
                 Err(e) => warn!(error = %e, "reading kernel counters failed"),
             }
-            if round % MAP_FILL_EVERY == 0 {
+            if round.is_multiple_of(MAP_FILL_EVERY) {
                 for (map, ratio) in maps.fill() {
                     metrics.set_bpf_map_fill(map, ratio);
                 }

@@ -84,7 +84,10 @@ fn flow_event(state: &MeshState, e: &KernelEvent) -> FlowEvent {
         let from = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
         (Direction::Inbound, peer.unwrap_or(from), workload)
     } else {
-        let to = ip.map_or_else(|| "unknown".to_owned(), |ip| SocketAddr::new(ip, key.port).to_string());
+        let to = ip.map_or_else(
+            || "unknown".to_owned(),
+            |ip| SocketAddr::new(ip, key.port).to_string(),
+        );
         (Direction::Outbound, workload, peer.unwrap_or(to))
     };
     FlowEvent {

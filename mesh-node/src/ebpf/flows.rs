@@ -46,7 +46,10 @@ impl FlowLedger {
         let mut harvest = Vec::new();
         let mut seen = HashMap::with_capacity(live.len());
         for (key, counts) in live {
-            totals.entry(labels(state, key)).or_default().add(&totals_of(counts));
+            totals
+                .entry(labels(state, key))
+                .or_default()
+                .add(&totals_of(counts));
             let idle = match self.seen.get(key) {
                 Some((last, rounds)) if last == counts => rounds + 1,
                 _ => 0,
@@ -91,12 +94,17 @@ fn labels(state: &MeshState, key: &FlowKey) -> FlowLabels {
         Some(w) => (w.name.clone(), w.namespace.clone()),
         None => (UNKNOWN.to_owned(), UNKNOWN.to_owned()),
     };
-    let (workload, workload_namespace) = name(state.workload_by_cgroup(CgroupId(key.cgroup_id)).map(|(_, w)| w));
+    let (workload, workload_namespace) =
+        name(state.workload_by_cgroup(CgroupId(key.cgroup_id)).map(|(_, w)| w));
     let peer_ip: Option<IpAddr> = key_ip(key.family, key.addr);
     let (peer_workload, peer_workload_namespace) =
         name(peer_ip.and_then(|ip| state.workload_by_ip(ip)).map(|(_, w)| w));
     FlowLabels {
-        direction: if key.direction == FLOW_INBOUND { "inbound" } else { "outbound" },
+        direction: if key.direction == FLOW_INBOUND {
+            "inbound"
+        } else {
+            "outbound"
+        },
         workload,
         workload_namespace,
         peer_workload,

@@ -27,7 +27,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use mesh_common::{
-    SockKey, MAP_FLOW_EVENTS, MAP_SOCKETS, PROG_CONNECT4, PROG_CONNECT6, PROG_INGRESS, PROG_SK_MSG, PROG_SOCK_OPS,
+    SockKey, MAP_FLOW_EVENTS, MAP_SOCKETS, PROG_CONNECT4, PROG_CONNECT6, PROG_INGRESS, PROG_SK_MSG,
+    PROG_SOCK_OPS,
 };
 
 pub use maps::Maps;

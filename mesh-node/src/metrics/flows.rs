@@ -52,7 +52,10 @@ impl FlowFamilies {
     pub(super) fn register(registry: &mut Registry) -> FlowFamilies {
         let families: Families = Default::default();
         let help = [
-            ("mesh_kernel_flow_connections_opened", "Connections captured by the kernel programs"),
+            (
+                "mesh_kernel_flow_connections_opened",
+                "Connections captured by the kernel programs",
+            ),
             (
                 "mesh_kernel_flow_connections_closed",
                 "Captured connections whose workload socket the kernel saw close",
@@ -92,9 +95,18 @@ impl FlowFamilies {
     /// Sets the series of `labels` to the kernel's running totals (set, not added: reading
     /// twice never double counts).
     pub(super) fn set(&self, labels: &FlowLabels, totals: &FlowTotals) {
-        let values = [totals.opened, totals.closed, totals.sent, totals.received, totals.denied];
+        let values = [
+            totals.opened,
+            totals.closed,
+            totals.sent,
+            totals.received,
+            totals.denied,
+        ];
         for (family, value) in self.families.iter().zip(values) {
-            family.get_or_create(labels).inner().store(value, Ordering::Relaxed);
+            family
+                .get_or_create(labels)
+                .inner()
+                .store(value, Ordering::Relaxed);
         }
     }
 }
