@@ -94,11 +94,12 @@ fn openmetrics_exposition() {
 fn series_appear_on_first_use() {
     let m = Metrics::new();
     let c = m.tcp(&labels());
-    assert!(samples(&m.encode()).is_empty());
+    // Only the gauge of the kernel's flow map is there from the start.
+    assert_eq!(samples(&m.encode()), ["mesh_kernel_flow_keys 0"]);
     c.opened();
     c.sent(0);
     let text = m.encode();
-    assert_eq!(samples(&text).len(), 1, "{text}");
+    assert_eq!(samples(&text).len(), 2, "{text}");
     assert!(!text.contains("istio_tcp_connections_failed_total{"));
 }
 
