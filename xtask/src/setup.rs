@@ -18,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "socat",
     "tcpdump",
     "bpftool",
+    // The virtualenv of kubernetes-validate (manifests/ checks).
+    "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -25,6 +27,7 @@ pub fn setup() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    crate::manifests::install()?;
     Ok(())
 }
 
