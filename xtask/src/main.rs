@@ -4,6 +4,7 @@
 //! xtask installs what that build and the tests need, and runs the suites and the demo.
 //! It depends on no workspace crate, so it builds on a fresh machine before `setup` has
 //! installed bpf-linker; lab work is delegated to the `mesh-lab` binary of `tests/`.
+mod manifests;
 mod setup;
 
 use std::process::Command;
@@ -77,9 +78,12 @@ fn build() -> Result<()> {
     run(cargo().args(["build", "-p", "mesh-node", "-p", "mesh-tests", "--bins"]))
 }
 
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into)
+}
+
 fn mesh_lab(args: &[&str]) -> Result<()> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into);
-    run(Command::new(target.join("debug/mesh-lab")).args(args))
+    run(Command::new(target_dir().join("debug/mesh-lab")).args(args))
 }
 
 fn test(args: &[String]) -> Result<()> {
@@ -87,6 +91,7 @@ fn test(args: &[String]) -> Result<()> {
     setup::setup()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    manifests::check()?;
     build()?;
     mesh_lab(&["sweep"])?;
     let result = run(cargo().arg("test").args(args));

@@ -20,6 +20,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     // promtool checks the metrics scrape in the observability tests.
     "prometheus",
+    // The virtualenv of kubernetes-validate (manifests/ checks).
+    "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -27,6 +29,7 @@ pub fn setup() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    crate::manifests::install()?;
     Ok(())
 }
 
