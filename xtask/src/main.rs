@@ -1,9 +1,10 @@
-//! Orchestration: `cargo xtask setup | test | demo | lab-sweep`.
+//! Orchestration: `cargo xtask setup | test | demo | bench | lab-sweep`.
 //!
 //! The ordinary build is plain cargo (mesh-node's build.rs builds the kernel programs);
 //! xtask installs what that build and the tests need, and runs the suites and the demo.
 //! It depends on no workspace crate, so it builds on a fresh machine before `setup` has
 //! installed bpf-linker; lab work is delegated to the `mesh-lab` binary of `tests/`.
+mod bench;
 mod setup;
 
 use std::process::Command;
@@ -30,6 +31,16 @@ enum Cmd {
     },
     /// Setup, build, and run the two-node demo on the embedded default (standalone mode).
     Demo,
+    /// Setup, release build, and the benchmark suite against its baselines
+    /// (docs/benchmarks.md); reports in target/bench/.
+    Bench {
+        /// About two minutes: fewer and shorter rounds.
+        #[arg(long)]
+        quick: bool,
+        /// Only these scenarios, e.g. `--only S1 --only S4`.
+        #[arg(long)]
+        only: Vec<String>,
+    },
     /// Remove leftovers of test labs (namespaces, cgroups, pins, temp dirs).
     LabSweep,
 }
@@ -43,6 +54,7 @@ fn main() -> Result<()> {
             build()?;
             mesh_lab(&["demo"])
         }
+        Cmd::Bench { quick, only } => bench::bench(quick, &only),
         Cmd::LabSweep => {
             setup::setup()?;
             build()?;
@@ -77,9 +89,12 @@ fn build() -> Result<()> {
     run(cargo().args(["build", "-p", "mesh-node", "-p", "mesh-tests", "--bins"]))
 }
 
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into)
+}
+
 fn mesh_lab(args: &[&str]) -> Result<()> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), Into::into);
-    run(Command::new(target.join("debug/mesh-lab")).args(args))
+    run(Command::new(target_dir().join("debug/mesh-lab")).args(args))
 }
 
 fn test(args: &[String]) -> Result<()> {
