@@ -131,6 +131,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ),
         hbone_port: config.hbone_port(),
         metrics: metrics.clone(),
+        splice: state.splice,
     });
     let inbound_inputs = Arc::new(InboundInputs {
         state: state_rx,

@@ -166,15 +166,22 @@ pub struct BpfConfig {
     /// cgroup2 mount). Default: the cgroup2 root, i.e. the whole host.
     pub cgroup: Option<PathBuf>,
     /// Put captured sockets into the kernel socket map (`MESH_SOCKS`) and count their
-    /// bytes with `sk_msg`: the groundwork of in-kernel acceleration. Default off: on the
-    /// kernels tested, sockmap membership makes a blocking `recv` with a receive timeout
-    /// return EAGAIN early, which breaks ordinary applications.
+    /// bytes with `sk_msg`. Default off, and best left off: a socket in a socket map gets
+    /// EAGAIN from a blocking `recv` after its own half-close (tcp_bpf_recvmsg), which
+    /// breaks ordinary applications (docs/architecture.md, "In-kernel splice").
     #[serde(default)]
     pub socket_map: bool,
     /// Refuse, in `connect()` with EPERM, the connections that policy denies and that this
     /// node can already decide (the destination daemon enforces them all anyway).
     #[serde(default = "yes")]
     pub policy_fast_path: bool,
+    /// Same-node acceleration: the bytes of a connection to a workload of this node (or to
+    /// a passthrough destination) move between the daemon's two sockets with `splice(2)`,
+    /// inside the kernel, instead of being copied through the daemon. Default on. The
+    /// `sk_msg` socket-map splice is not used: on the kernels measured it breaks ordinary
+    /// applications (docs/architecture.md, "In-kernel splice").
+    #[serde(default = "yes")]
+    pub splice: bool,
 }
 
 impl Default for BpfConfig {
@@ -184,6 +191,7 @@ impl Default for BpfConfig {
             cgroup: None,
             socket_map: false,
             policy_fast_path: true,
+            splice: true,
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct MeshSpec {
     /// The kernel's policy fast path (on by default, as in the daemon); tests of the
     /// destination's enforcement turn it off so that denied connections reach it.
     pub policy_fast_path: bool,
+    /// `bpf.splice` (on by default, as in the daemon).
+    pub splice: bool,
 }
 
 impl MeshSpec {
@@ -68,6 +70,7 @@ impl MeshSpec {
             svid_ttl: None,
             remote_ca: false,
             policy_fast_path: true,
+            splice: true,
             policies: Vec::new(),
         }
     }
@@ -142,6 +145,7 @@ impl MeshSpec {
                 cgroup: Some(node.cgroup_path().to_path_buf()),
                 socket_map: false,
                 policy_fast_path: self.policy_fast_path,
+                splice: self.splice,
             },
             exclusions: self.exclusions.clone(),
             // Either the remote CA, or one root shared by the lab's nodes' in-process CAs

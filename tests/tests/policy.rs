@@ -11,10 +11,6 @@ use mesh_tests::{
     mesh_node_bin, require_privileges, Daemon, Lab, LabChild, Pod,
 };
 
-fn policies(yaml: &str) -> Vec<mesh_node::policy::AuthorizationPolicy> {
-    mesh_node::policy::parse_yaml(yaml).expect("test policy parses")
-}
-
 /// One connection with a few bytes; the echo must come back whole.
 #[track_caller]
 fn assert_allowed(lab: &Lab, pod: &Pod, target: SocketAddr) {
@@ -42,17 +38,6 @@ fn assert_denied(lab: &Lab, pod: &Pod, target: SocketAddr, server: &LabChild, da
         "the server application accepted a denied connection"
     );
 }
-
-const DENY_CLIENT: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: deny-client, namespace: default }
-spec:
-  selector: { matchLabels: { app: server } }
-  action: DENY
-  rules:
-    - from: [{ source: { principals: [cluster.local/ns/default/sa/client] } }]
-"#;
 
 #[test]
 fn allow_by_principal_admits_it_and_denies_others() {
@@ -358,18 +343,6 @@ spec:
     );
     assert!(!lab.bpf_pin_dir(&n1).exists(), "nothing installed");
 }
-
-/// A client that holds its connection open after one echo, and says how it ended.
-const LIVE_CLIENT: &str = r#"
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-s.sendall(b"ping")
-print("connected", s.recv(4).decode(), flush=True)
-try:
-    print("closed", "eof" if not s.recv(1) else "data", flush=True)
-except OSError as e:
-    print("closed", e, flush=True)
-"#;
 
 #[test]
 fn reload_closes_live_connections_now_denied_and_rejects_an_invalid_file() {

@@ -46,6 +46,16 @@ struct MapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpliceLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KernelLabels {
     counter: String,
 }
@@ -61,6 +71,8 @@ pub struct Metrics {
     svid_expiry: Family<IdentityLabels, Gauge>,
     bpf_map_fill: Family<MapLabels, Gauge<f64, AtomicU64>>,
     datapath: Family<KernelLabels, Counter>,
+    spliced_connections: Family<RouteLabels, Counter>,
+    spliced_bytes: Family<SpliceLabels, Counter>,
 }
 
 impl Metrics {
@@ -125,8 +137,24 @@ impl Metrics {
              read from their per-CPU map",
             datapath.clone(),
         );
+        let spliced_connections = Family::default();
+        registry.register(
+            "mesh_spliced_connections",
+            "Connections whose bytes the kernel moved between the daemon's sockets with splice(2) \
+             (bpf.splice), by route (local: a workload of this node, passthrough: not in the mesh)",
+            spliced_connections.clone(),
+        );
+        let spliced_bytes = Family::default();
+        registry.register(
+            "mesh_spliced_bytes",
+            "Bytes moved by splice(2), by direction (request: from the source workload, response: \
+             towards it)",
+            spliced_bytes.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            spliced_connections,
+            spliced_bytes,
             tcp,
             policy_decisions,
             tls_handshakes,
@@ -147,6 +175,22 @@ impl Metrics {
         self.policy_decisions
             .get_or_create(&VerdictLabels { verdict })
             .inc();
+    }
+
+    /// `mesh_spliced_connections_total{route="local"|"passthrough"}`: one more connection
+    /// carried by splice(2).
+    pub fn spliced_connection(&self, route: &'static str) {
+        self.spliced_connections
+            .get_or_create(&RouteLabels { route })
+            .inc();
+    }
+
+    /// `mesh_spliced_bytes_total{direction="request"|"response"}`.
+    pub fn spliced_bytes(&self, request: bool, n: u64) {
+        let direction = if request { "request" } else { "response" };
+        self.spliced_bytes
+            .get_or_create(&SpliceLabels { direction })
+            .inc_by(n);
     }
 
     /// `mesh_tls_handshakes_total{side, result="ok"|"error"}`; `side` is `client` or

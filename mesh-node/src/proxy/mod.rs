@@ -1,7 +1,9 @@
 //! The daemon's listeners. `outbound` accepts the connections that the kernel
-//! redirected and carries them to their destination through `forward`.
+//! redirected and carries them to their destination through `forward`; `splice` moves
+//! the bytes of plain TCP connections inside the kernel.
 pub mod forward;
 pub mod outbound;
+pub mod splice;
 
 use std::{
     net::SocketAddr,
@@ -30,6 +32,8 @@ pub struct ProxyInputs {
     pub pool: Pool,
     pub hbone_port: u16,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Move plain TCP connections' bytes with `splice(2)` (`bpf.splice`).
+    pub splice: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@ use tracing::{debug, info_span, warn, Instrument as _};
 use super::{
     bind,
     forward::{self, Upstream},
+    splice::{self, Way},
     Flow, ProxyError, ProxyInputs,
 };
 use crate::hbone::copy;
@@ -152,8 +153,15 @@ async fn handle(
                     None => std::future::pending().await,
                 }
             };
+            let carried = async {
+                if inputs.splice {
+                    splice_plain(inputs, route_name, &downstream, &upstream).await
+                } else {
+                    tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
+                }
+            };
             let r = tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => r,
+                r = carried => r,
                 _ = revoked => Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied by a policy change")),
             };
             if r.is_err() {
@@ -174,6 +182,19 @@ async fn handle(
             Err(e.into())
         }
     }
+}
+
+/// A plain TCP connection carried by splice(2): counted as spliced, its bytes counted as
+/// they move.
+async fn splice_plain(
+    inputs: &ProxyInputs,
+    route: &'static str,
+    downstream: &TcpStream,
+    upstream: &TcpStream,
+) -> std::io::Result<(u64, u64)> {
+    inputs.metrics.spliced_connection(route);
+    let progress = |way: Way, n: u64| inputs.metrics.spliced_bytes(way == Way::Request, n);
+    splice::bidirectional(downstream, upstream, &progress).await
 }
 
 /// Makes the next close send RST instead of FIN.

@@ -75,6 +75,8 @@ pub struct MeshState {
     pub socket_map: bool,
     /// Write policy verdicts for the kernel fast path.
     pub policy_fast_path: bool,
+    /// Splice plain TCP connections in the kernel (`bpf.splice`).
+    pub splice: bool,
     /// Sources treated as this node's daemon by STRICT workloads: every address of the
     /// node's network namespace, plus `inbound.trustedSources`.
     pub trusted_sources: Vec<IpAddr>,
@@ -194,6 +196,7 @@ impl MeshState {
             excluded_ports,
             socket_map: config.bpf.socket_map,
             policy_fast_path: config.bpf.policy_fast_path,
+            splice: config.bpf.splice,
             trusted_sources: {
                 let mut t = netns_addresses().map_err(|e| {
                     invalid(

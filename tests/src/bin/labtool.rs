@@ -9,6 +9,8 @@
 //!   only if all were ok.
 //! - `whoami --to ADDR` prints what the server sent (with `serve --mode
 //!   whoami`: the address the server saw us connect from).
+//! - `session --to ADDR ...` drives one connection step by step (see
+//!   `labtool/session.rs`); `serve --mode greet|reset|gated` are its peers.
 //!
 //! Addresses print as `ip:port` (`[ip]:port` for IPv6), IPv4-mapped IPv6
 //! addresses as plain IPv4.
@@ -21,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
+
+#[path = "labtool/session.rs"]
+mod session;
 
 #[derive(Parser)]
 #[command(about = "TCP client and server for the mesh test lab")]
@@ -38,7 +43,15 @@ enum Cmd {
         listen: String,
         #[arg(long, value_enum, default_value_t = Mode::Echo)]
         mode: Mode,
+        /// `greet`: bytes to send first; `reset`: bytes to read before resetting.
+        #[arg(long, default_value = "0", value_parser = parse_size)]
+        bytes: u64,
+        /// `gated`: a FIFO; the server reads nothing until a line arrives on it.
+        #[arg(long)]
+        gate: Option<std::path::PathBuf>,
     },
+    /// One connection, step by step; prints one JSON line, exits 0 if all went well.
+    Session(session::Plan),
     /// Open connections, send a pattern, check what comes back.
     Connect {
         #[arg(long)]
@@ -74,6 +87,13 @@ enum Mode {
     Whoami,
     /// Read to EOF, then send back the number of bytes read.
     Discard,
+    /// Send `--bytes` of the pattern, shut down writing, then read to EOF.
+    Greet,
+    /// Read `--bytes`, then close with SO_LINGER 0 (a reset).
+    Reset,
+    /// Read nothing until a line arrives on the `--gate` FIFO, then read to EOF checking
+    /// the pattern.
+    Gated,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,7 +104,19 @@ enum Expect {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Serve { listen, mode } => serve(&listen, mode),
+        Cmd::Serve {
+            listen,
+            mode,
+            bytes,
+            gate,
+        } => serve(&listen, Server { mode, bytes, gate }),
+        Cmd::Session(plan) => {
+            if session::run(&plan) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Cmd::Connect {
             to,
             send,
@@ -129,7 +161,19 @@ fn say(line: &str) {
     let _ = io::stdout().flush();
 }
 
-fn serve(listen: &str, mode: Mode) -> ExitCode {
+/// How `serve` treats each connection.
+#[derive(Clone)]
+struct Server {
+    mode: Mode,
+    bytes: u64,
+    gate: Option<std::path::PathBuf>,
+}
+
+fn serve(listen: &str, server: Server) -> ExitCode {
+    if matches!(server.mode, Mode::Gated) && server.gate.is_none() {
+        eprintln!("--mode gated needs --gate FIFO");
+        return ExitCode::FAILURE;
+    }
     let listener = match resolve(listen).and_then(TcpListener::bind) {
         Ok(l) => l,
         Err(e) => {
@@ -147,7 +191,8 @@ fn serve(listen: &str, mode: Mode) -> ExitCode {
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
-                thread::spawn(move || handle(stream, mode));
+                let server = server.clone();
+                thread::spawn(move || handle(stream, &server));
             }
             Err(e) => eprintln!("accept: {e}"),
         }
@@ -155,7 +200,7 @@ fn serve(listen: &str, mode: Mode) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn handle(mut stream: TcpStream, mode: Mode) {
+fn handle(mut stream: TcpStream, server: &Server) {
     let peer = match stream.peer_addr() {
         Ok(p) => canonical(p).to_string(),
         Err(e) => format!("unknown({e})"),
@@ -163,7 +208,7 @@ fn handle(mut stream: TcpStream, mode: Mode) {
     say(&format!("accepted {peer}"));
     let (mut read, mut written) = (0u64, 0u64);
     let result = (|| -> io::Result<()> {
-        match mode {
+        match server.mode {
             Mode::Echo => {
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
@@ -186,6 +231,18 @@ fn handle(mut stream: TcpStream, mode: Mode) {
                 let line = format!("{read}\n");
                 stream.write_all(line.as_bytes())?;
                 written += line.len() as u64;
+            }
+            Mode::Greet => {
+                (read, written) = session::greet(&mut stream, server.bytes)?;
+                return Ok(());
+            }
+            Mode::Reset => {
+                (read, written) = session::reset_after(&mut stream, server.bytes)?;
+                return Ok(());
+            }
+            Mode::Gated => {
+                let gate = server.gate.as_deref().expect("checked in serve");
+                (read, written) = session::gated(&mut stream, gate)?;
             }
         }
         stream.shutdown(Shutdown::Write)
@@ -399,7 +456,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         thread::spawn(move || {
             let (s, _) = listener.accept().unwrap();
-            handle(s, Mode::Echo);
+            handle(
+                s,
+                &Server {
+                    mode: Mode::Echo,
+                    bytes: 0,
+                    gate: None,
+                },
+            );
         });
         let r = one_connection(addr, 300_000, Duration::from_secs(5), Expect::Echo);
         assert_eq!((r.sent, r.received, r.error), (300_000, 300_000, None));

@@ -92,3 +92,31 @@ pub fn captured(lab: &Lab, node: &Node) -> u64 {
 pub fn sock(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
+
+pub fn policies(yaml: &str) -> Vec<mesh_node::policy::AuthorizationPolicy> {
+    mesh_node::policy::parse_yaml(yaml).expect("test policy parses")
+}
+
+/// Denies the `client` workload's identity towards the `server` workload.
+pub const DENY_CLIENT: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: deny-client, namespace: default }
+spec:
+  selector: { matchLabels: { app: server } }
+  action: DENY
+  rules:
+    - from: [{ source: { principals: [cluster.local/ns/default/sa/client] } }]
+"#;
+
+/// A client that holds its connection open after one echo, and says how it ended.
+pub const LIVE_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+s.sendall(b"ping")
+print("connected", s.recv(4).decode(), flush=True)
+try:
+    print("closed", "eof" if not s.recv(1) else "data", flush=True)
+except OSError as e:
+    print("closed", e, flush=True)
+"#;
