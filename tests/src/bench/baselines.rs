@@ -89,7 +89,7 @@ impl Baselines {
         }
 
         let mut haproxy_cfg = String::from(
-            "global\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
+            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
         );
         for t in Target::ALL {
             let i = t.index();
@@ -194,13 +194,21 @@ impl StunnelCerts {
         let ca_key = KeyPair::generate().context("stunnel CA key")?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // rcgen's default subject is the same for every certificate; a leaf whose subject
+        // equals its issuer's looks self-signed to OpenSSL, which then rejects it.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "bench stunnel CA");
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
         let ca = lab.write_file("stunnel-ca.pem", &ca_cert.pem());
         let leaf = |name: &str| -> Result<(std::path::PathBuf, std::path::PathBuf)> {
             let key = KeyPair::generate()?;
-            let cert =
-                CertificateParams::new(vec![format!("{name}.bench.mesh.local")])?.signed_by(&key, &issuer)?;
+            let mut params = CertificateParams::new(vec![format!("{name}.bench.mesh.local")])?;
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("{name}.bench.mesh.local"));
+            let cert = params.signed_by(&key, &issuer)?;
             Ok((
                 lab.write_file(&format!("stunnel-{name}.pem"), &cert.pem()),
                 lab.write_file(&format!("stunnel-{name}-key.pem"), &key.serialize_pem()),

@@ -69,9 +69,11 @@ impl BenchLab {
         let nodes = [lab.add_node(), lab.add_node(), lab.add_node(), lab.add_node()];
         let pod = |n: usize, name: &str| lab.add_pod(&nodes[n], name);
         let (mc1, ms1, bc1, bs1) = (pod(0, "mc"), pod(0, "ms"), pod(0, "bc"), pod(0, "bs"));
-        let (ms2, bs2) = (pod(1, "ms"), pod(1, "bs"));
-        let (mc3, ms3) = (pod(2, "mc"), pod(2, "ms"));
-        let (bc4, bs4) = (pod(3, "bc"), pod(3, "bs"));
+        // Workload names are unique in the mesh (namespace/name), so each node's pods
+        // carry the node's number.
+        let (ms2, bs2) = (pod(1, "ms2"), pod(1, "bs2"));
+        let (mc3, ms3) = (pod(2, "mc3"), pod(2, "ms3"));
+        let (bc4, bs4) = (pod(3, "bc4"), pod(3, "bs4"));
         for ns in lab
             .nodes()
             .iter()
