@@ -153,11 +153,21 @@ impl BenchLab {
             .iter()
             .map(|d| d.output().line_count())
             .collect();
+        let mut changed = Vec::new();
         for i in 0..2 {
-            std::fs::write(self.daemons[i].config_path(), self.node_yaml(i, policies)?)?;
+            let path = self.daemons[i].config_path();
+            let yaml = self.node_yaml(i, policies)?;
+            // An unchanged file is not reloaded, so there is nothing to wait for.
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                std::fs::write(&path, yaml)?;
+                changed.push(i);
+            }
         }
         let expected = format!("policies={}", policies.len());
-        for (d, from) in self.daemons[..2].iter().zip(marks) {
+        for (i, (d, from)) in self.daemons[..2].iter().zip(marks).enumerate() {
+            if !changed.contains(&i) {
+                continue;
+            }
             d.output()
                 .wait_for_line_from(
                     from,
