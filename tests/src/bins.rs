@@ -23,7 +23,7 @@ pub fn labtool_bin() -> PathBuf {
     )
 }
 
-fn find_bin(name: &str, env: &str, hint: &str) -> PathBuf {
+pub(crate) fn find_bin(name: &str, env: &str, hint: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env) {
         let path = PathBuf::from(path);
         assert!(

@@ -24,6 +24,7 @@
 //! server.wait_stdout("listening", Duration::from_secs(10));
 //! ```
 
+pub mod bench;
 mod bins;
 mod cgroup;
 mod cmd;

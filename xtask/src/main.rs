@@ -1,9 +1,10 @@
-//! Orchestration: `cargo xtask setup | test | demo | lab-sweep`.
+//! Orchestration: `cargo xtask setup | test | demo | bench | lab-sweep`.
 //!
 //! The ordinary build is plain cargo (mesh-node's build.rs builds the kernel programs);
 //! xtask installs what that build and the tests need, and runs the suites and the demo.
 //! It depends on no workspace crate, so it builds on a fresh machine before `setup` has
 //! installed bpf-linker; lab work is delegated to the `mesh-lab` binary of `tests/`.
+mod bench;
 mod manifests;
 mod setup;
 
@@ -31,6 +32,16 @@ enum Cmd {
     },
     /// Setup, build, and run the two-node demo on the embedded default (standalone mode).
     Demo,
+    /// Setup, release build, and the benchmark suite against its baselines
+    /// (docs/benchmarks.md); reports in target/bench/.
+    Bench {
+        /// About two minutes: fewer and shorter rounds.
+        #[arg(long)]
+        quick: bool,
+        /// Only these scenarios, e.g. `--only S1 --only S4`.
+        #[arg(long)]
+        only: Vec<String>,
+    },
     /// Remove leftovers of test labs (namespaces, cgroups, pins, temp dirs).
     LabSweep,
 }
@@ -44,6 +55,7 @@ fn main() -> Result<()> {
             build()?;
             mesh_lab(&["demo"])
         }
+        Cmd::Bench { quick, only } => bench::bench(quick, &only),
         Cmd::LabSweep => {
             setup::setup()?;
             build()?;

@@ -9,7 +9,8 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::run;
 
-/// Debian packages used by the tests and the demo.
+/// Debian packages used by the tests, the demo and the benchmark (iperf3, sockperf,
+/// haproxy, stunnel4 and socat are its load and baselines; the font draws its chart).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -22,6 +23,11 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     // The virtualenv of kubernetes-validate (manifests/ checks).
     "python3-venv",
+    "iperf3",
+    "sockperf",
+    "haproxy",
+    "stunnel4",
+    "fonts-dejavu-core",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
