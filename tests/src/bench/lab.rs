@@ -158,8 +158,8 @@ impl BenchLab {
             let path = self.daemons[i].config_path();
             let yaml = self.node_yaml(i, policies)?;
             // An unchanged file is not reloaded, so there is nothing to wait for.
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
-                std::fs::write(&path, yaml)?;
+            if std::fs::read_to_string(path).ok().as_deref() != Some(yaml.as_str()) {
+                std::fs::write(path, yaml)?;
                 changed.push(i);
             }
         }
